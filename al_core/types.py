@@ -1,0 +1,78 @@
+"""The typed records that travel between al_core's modules (see DESIGN.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Detections:
+    """What one forward pass of a detector says about one image.
+
+    Boxes are xyxy in pixels of the image as it was given (after EXIF rotation),
+    labels index into the detector's ``class_names``.
+    """
+
+    boxes: torch.Tensor  # (N, 4) float
+    labels: torch.Tensor  # (N,) int64
+    scores: torch.Tensor  # (N,) float, the score of each box's label
+    image_size: tuple[int, int]  # (width, height)
+    # (N, C) per-class probabilities of each box, where the head exposes them; column 0 is
+    # background. "softmax": one distribution per box; "sigmoid": independent per class.
+    class_probs: torch.Tensor | None = None
+    probs_kind: str = "sigmoid"
+    # Top pre-NMS candidate scores, so an image without final boxes still has a signal.
+    candidate_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    # Globally pooled backbone/FPN features of the whole image.
+    image_features: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def above(self, threshold: float) -> "Detections":
+        """The same detections, keeping only boxes whose score is >= threshold."""
+        keep = self.scores >= threshold
+        return Detections(
+            boxes=self.boxes[keep],
+            labels=self.labels[keep],
+            scores=self.scores[keep],
+            image_size=self.image_size,
+            class_probs=None if self.class_probs is None else self.class_probs[keep],
+            probs_kind=self.probs_kind,
+            candidate_scores=self.candidate_scores,
+            image_features=self.image_features,
+        )
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """The informativeness of one image according to one scorer.
+
+    ``value`` is the scorer's raw number; ``normalized`` maps it to [0, 1] (1 = most
+    informative) so that scores of different images and models compare.
+    """
+
+    value: float
+    normalized: float
+    scorer: str
+    box_values: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A detector's identity: which architecture, which classes, which weights."""
+
+    name: str
+    detector: str
+    class_names: tuple[str, ...]
+    checkpoint: str | None = None
+
+
+@dataclass
+class LabeledImage:
+    """One image with its ground-truth boxes: xyxy pixels, labels indexing the class names."""
+
+    path: str
+    boxes: torch.Tensor  # (N, 4) float
+    labels: torch.Tensor  # (N,) int64

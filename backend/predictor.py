@@ -1,0 +1,102 @@
+"""/predict's work: fetch and decode the tasks' images in parallel, run them through the shared
+detector in batches, score them, and shape one Label Studio prediction per task."""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from PIL import Image
+
+from al_core.detectors import Detector
+from al_core.scoring import Scorer
+from exporters.label_config import LabelConfig
+from exporters.label_studio_regions import detections_to_regions
+
+from .images import ImageError, ImageLoader
+from .metrics import Metrics
+from .store import Store, TaskScore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Loaded:
+    index: int
+    task_id: int | None
+    image: Image.Image | None = None
+    error: str | None = None
+
+
+class Predictor:
+    """Owns nothing heavy itself: the detector and the thread pool are shared, built once."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        scorer: Scorer,
+        loader: ImageLoader,
+        store: Store,
+        metrics: Metrics,
+        batch_size: int,
+        score_threshold: float,
+        fetch_workers: int,
+    ):
+        self.detector = detector
+        self.scorer = scorer
+        self.loader = loader
+        self.store = store
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.score_threshold = score_threshold
+        self.pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="fetch")
+
+    def predict(self, tasks: list, config: LabelConfig, project_id: int | None) -> list[dict]:
+        loaded = list(self.pool.map(lambda item: self._load(item[0], item[1], config), enumerate(tasks)))
+        results: list[dict] = [{} for _ in tasks]
+        good = [item for item in loaded if item.image is not None]
+        scores: list[TaskScore] = []
+        version = self.detector.version.name
+        for start in range(0, len(good), self.batch_size):
+            batch = good[start : start + self.batch_size]
+            detections = self.detector.predict([item.image for item in batch])
+            image_scores = self.scorer.score(detections)
+            self.metrics.images_scored.inc(len(batch))
+            for item, det, image_score in zip(batch, detections, image_scores):
+                regions = detections_to_regions(det, self.detector.class_names, config, self.score_threshold)
+                results[item.index] = {
+                    "model_version": version,
+                    # Label Studio's Uncertainty sampling serves the LOWEST score first.
+                    "score": round(1.0 - image_score.normalized, 6),
+                    "result": regions,
+                    "informativeness": image_score.value,
+                    "scorer": image_score.scorer,
+                }
+                if item.task_id is not None:
+                    scores.append(TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized))
+        for item in loaded:
+            if item.error is not None:
+                self.metrics.errors.labels(kind="task").inc()
+                # A broken task goes last in Label Studio's lowest-score-first order.
+                results[item.index] = {"model_version": version, "score": 1.0, "result": [], "error": item.error}
+        if scores:
+            self.store.save_scores(project_id, scores)
+        return results
+
+    def _load(self, index: int, task: object, config: LabelConfig) -> _Loaded:
+        if not isinstance(task, dict):
+            return _Loaded(index, None, error="a task must be a JSON object")
+        task_id = task.get("id") if isinstance(task.get("id"), int) else None
+        data = task.get("data")
+        if not isinstance(data, dict) or config.image_key not in data:
+            error = f"task data has no {config.image_key!r} field (the config's <Image value=\"${config.image_key}\">)"
+            log.warning("task %s: %s", task_id, error)
+            return _Loaded(index, task_id, error=error)
+        try:
+            return _Loaded(index, task_id, image=self.loader.load(data[config.image_key]))
+        except ImageError as error:
+            log.warning("task %s: %s", task_id, error)
+            return _Loaded(index, task_id, error=str(error))
+        except Exception:  # a bug must cost one task, not the whole call
+            log.exception("task %s: unexpected error reading its image", task_id)
+            return _Loaded(index, task_id, error="internal error reading the image (see the backend's log)")

@@ -1,0 +1,54 @@
+"""Label Studio's RectangleLabels regions <-> pixel boxes: the one place that converts.
+
+Label Studio stores a rectangle as its top-left corner and size, each in percent of the
+image's width or height (``original_width``/``original_height`` give the pixels).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from al_core.types import Detections
+
+from .label_config import LabelConfig
+
+
+def box_to_percent(box: Sequence[float], width: int, height: int) -> dict[str, float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return {
+        "x": 100.0 * x0 / width,
+        "y": 100.0 * y0 / height,
+        "width": 100.0 * (x1 - x0) / width,
+        "height": 100.0 * (y1 - y0) / height,
+    }
+
+
+def percent_to_box(value: dict, width: int, height: int) -> tuple[float, float, float, float]:
+    x0 = float(value["x"]) * width / 100.0
+    y0 = float(value["y"]) * height / 100.0
+    return x0, y0, x0 + float(value["width"]) * width / 100.0, y0 + float(value["height"]) * height / 100.0
+
+
+def detections_to_regions(
+    detections: Detections, class_names: Sequence[str], config: LabelConfig, threshold: float
+) -> list[dict]:
+    """RectangleLabels results for boxes scoring >= threshold whose class the config has."""
+    width, height = detections.image_size
+    regions = []
+    for box, label, score in zip(detections.boxes.tolist(), detections.labels.tolist(), detections.scores.tolist()):
+        value = config.label_for(class_names[label])
+        if score < threshold or value is None:
+            continue
+        regions.append(
+            {
+                "id": f"r{len(regions)}",
+                "from_name": config.from_name,
+                "to_name": config.to_name,
+                "type": "rectanglelabels",
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "value": {**box_to_percent(box, width, height), "rotation": 0, "rectanglelabels": [value]},
+                "score": round(score, 4),
+            }
+        )
+    return regions
