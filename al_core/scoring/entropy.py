@@ -10,19 +10,15 @@ from ..types import Detections, ImageScore
 from .aggregation import AGGREGATIONS, aggregate
 from .base import Scorer, register
 
-EPS = 1e-12
-
-
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     """-p log p - (1-p) log(1-p), divided by log 2 so that it lies in [0, 1]."""
-    p = p.clamp(EPS, 1 - EPS)
-    return -(p * p.log() + (1 - p) * (1 - p).log()) / math.log(2)
+    # xlogy(0, 0) = 0, so certain boxes give exactly 0 instead of NaN.
+    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) / math.log(2)
 
 
 def categorical_entropy(probs: torch.Tensor) -> torch.Tensor:
     """-sum_c p_c log p_c per row, divided by log C so that it lies in [0, 1]."""
-    probs = probs.clamp_min(EPS)
-    return -(probs * probs.log()).sum(dim=-1) / math.log(probs.shape[-1])
+    return -torch.special.xlogy(probs, probs).sum(dim=-1) / math.log(probs.shape[-1])
 
 
 def box_entropies(detections: Detections) -> torch.Tensor:
