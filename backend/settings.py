@@ -80,4 +80,5 @@ def _convert(f: dataclasses.Field, raw: object) -> object:
     try:
         return kind(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"setting {f.name.upper()} must be a {kind.__name__}, got {raw!r}") from None
+        what = {int: "an integer", float: "a number"}.get(kind, "text")
+        raise ValueError(f"setting {f.name.upper()} must be {what}, got {raw!r}") from None

@@ -47,12 +47,14 @@ class Detector:
         device: str = "auto",
     ) -> "Detector":
         """A fresh detector; with ``pretrained='coco'`` the classes are COCO's."""
+        if pretrained not in ("none", "backbone", "coco"):
+            raise ValueError(f"pretrained must be 'none', 'backbone' or 'coco', got {pretrained!r}")
+        if name not in DETECTORS:
+            raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}")
         if pretrained == "coco":
             class_names = coco_class_names(name)
         if not class_names:
             raise ValueError("a detector needs at least one class name")
-        if name not in DETECTORS:
-            raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}")
         size = image_size or DETECTORS[name].default_image_size
         model = build_model(name, tuple(class_names), size, pretrained)
         version = ModelVersion(name=f"{name}-{pretrained}-untrained", detector=name, class_names=tuple(class_names))

@@ -1,0 +1,93 @@
+"""The backend as `make run` starts it (`python -m backend`), with a trained CPU-preset
+checkpoint: boxes of good tasks land on the known objects, a broken task gets an error."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+import torch
+from torchvision.ops import box_iou
+
+from al_core.datasets import SHAPE_CLASSES
+from exporters.label_studio_regions import percent_to_box
+
+from .conftest import ROOT, SHAPES_CONFIG
+
+PASSWORD = "pass-9f8e7d6c"
+LABELS = {"Circle": "circle", "Square": "square", "triangle": "triangle"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path, trained_checkpoint, image_server, shapes):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "DATA_DIR": str(tmp_path / "state"),
+        "MODEL_CHECKPOINT": str(trained_checkpoint),
+        "BASIC_AUTH_USER": "ls",
+        "BASIC_AUTH_PASS": PASSWORD,
+        "LOCAL_FILES_ROOT": str(shapes["root"]),
+        "FETCH_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}",
+        "LOG_LEVEL": "DEBUG",
+    }
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "backend"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"{url}/health", timeout=1).json()["status"] == "UP":
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("backend did not come up:\n" + log_path.read_text())
+        yield url, log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_three_tasks_one_broken(served, image_server, shapes):
+    url, log_path = served
+    http_sample, local_sample = shapes["test"][2], shapes["test"][3]
+    tasks = [
+        {"id": 1, "data": {"picture": f"{image_server.url}/test/{http_sample.path.split('/')[-1]}"}},
+        {"id": 2, "data": {"picture": f"{image_server.url}/broken.png?token={PASSWORD}"}},
+        {"id": 3, "data": {"picture": local_sample.path}},
+    ]
+    body = {"tasks": tasks, "project": "5.1795262362", "label_config": SHAPES_CONFIG}
+    assert requests.post(f"{url}/predict", json=body, timeout=60).status_code == 401
+    answer = requests.post(f"{url}/predict", json=body, auth=("ls", PASSWORD), timeout=60)
+    assert answer.status_code == 200
+    results = answer.json()["results"]
+    assert len(results) == 3
+    assert results[1]["result"] == [] and "HTTP 404" in results[1]["error"]
+    for entry, sample in [(results[0], http_sample), (results[2], local_sample)]:
+        assert entry["model_version"] == "shapes-v1"
+        regions = entry["result"]
+        assert regions, "no boxes for a good task"
+        boxes = torch.tensor([percent_to_box(r["value"], r["original_width"], r["original_height"]) for r in regions])
+        labels = [SHAPE_CLASSES.index(LABELS[r["value"]["rectanglelabels"][0]]) for r in regions]
+        for region in regions:
+            assert region["original_width"] == 128 and region["type"] == "rectanglelabels" and 0 < region["score"] <= 1
+        for truth, label in zip(sample.boxes, sample.labels.tolist()):
+            iou = box_iou(truth[None], boxes)[0]
+            best = int(iou.argmax())
+            assert iou[best] > 0.5 and labels[best] == label
+    assert requests.post(f"{url}/setup", json={"project": "5.1", "schema": SHAPES_CONFIG}, auth=("ls", PASSWORD)).json() == {
+        "model_version": "shapes-v1"
+    }
+    log_text = log_path.read_text()
+    assert "broken.png?..." in log_text and PASSWORD not in log_text

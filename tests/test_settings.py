@@ -1,0 +1,50 @@
+import dataclasses
+import re
+
+import pytest
+
+from backend.app import parse_project_id, BadRequest
+from backend.settings import Settings
+
+from .conftest import ROOT
+
+
+def test_defaults_run_on_a_laptop_cpu():
+    settings = Settings.load({})
+    assert (settings.host, settings.port, settings.model_detector, settings.model_device) == ("127.0.0.1", 9090, "cpu_preset", "auto")
+
+
+def test_environment_over_yaml_over_defaults(tmp_path):
+    config = tmp_path / "backend.yaml"
+    config.write_text("port: 9300\npredict_batch_size: 2\nMODEL_DETECTOR: retinanet_resnet50_fpn\n")
+    settings = Settings.load({"CONFIG_FILE": str(config), "PORT": "9191", "PREDICTION_SCORE_THRESHOLD": "0.5"})
+    assert settings.port == 9191 and settings.predict_batch_size == 2
+    assert settings.model_detector == "retinanet_resnet50_fpn" and settings.prediction_score_threshold == 0.5
+
+
+def test_bad_settings_say_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="PORT must be an integer"):
+        Settings.load({"PORT": "ninety"})
+    config = tmp_path / "bad.yaml"
+    config.write_text("colour: blue\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        Settings.load({"CONFIG_FILE": str(config)})
+
+
+def test_readme_table_lists_every_setting_with_its_default():
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", readme, flags=re.M))
+    for field in dataclasses.fields(Settings):
+        assert field.name.upper() in rows, f"{field.name.upper()} missing from the README table"
+        assert rows[field.name.upper()] == str(field.default), field.name
+
+
+@pytest.mark.parametrize("raw, expected", [("4.1795262362", 4), (12, 12), ("7", 7), (None, None), ("", None)])
+def test_project_id_is_the_part_before_the_dot(raw, expected):
+    assert parse_project_id(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["abc", "x.1", True, 1.5, [1]])
+def test_bad_project_ids(raw):
+    with pytest.raises(BadRequest):
+        parse_project_id(raw)
