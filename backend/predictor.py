@@ -3,7 +3,7 @@ detector in batches, score them, and shape one Label Studio prediction per task.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image
@@ -29,7 +29,7 @@ class _Loaded:
 
 
 class Predictor:
-    """Owns nothing heavy itself: the detector and the thread pool are shared, built once."""
+    """Built once per process; its detector, scorer and fetch pool serve every request."""
 
     def __init__(
         self,
@@ -52,36 +52,50 @@ class Predictor:
         self.pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="fetch")
 
     def predict(self, tasks: list, config: LabelConfig, project_id: int | None) -> list[dict]:
-        loaded = list(self.pool.map(lambda item: self._load(item[0], item[1], config), enumerate(tasks)))
+        """One Label Studio prediction per task, in task order. Images are fetched one batch
+        ahead of the model, so memory holds at most two batches of images."""
+        indexed = list(enumerate(tasks))
+        chunks = [indexed[start : start + self.batch_size] for start in range(0, len(indexed), self.batch_size)]
         results: list[dict] = [{} for _ in tasks]
-        good = [item for item in loaded if item.image is not None]
         scores: list[TaskScore] = []
+        pending = self._submit(chunks[0], config) if chunks else []
+        for number in range(len(chunks)):
+            loaded = [future.result() for future in pending]
+            pending = self._submit(chunks[number + 1], config) if number + 1 < len(chunks) else []
+            scores += self._predict_batch(loaded, config, results)
+        if scores:
+            self.store.save_scores(project_id, scores)
+        return results
+
+    def _submit(self, chunk: list[tuple[int, object]], config: LabelConfig) -> list[Future]:
+        return [self.pool.submit(self._load, index, task, config) for index, task in chunk]
+
+    def _predict_batch(self, loaded: list[_Loaded], config: LabelConfig, results: list[dict]) -> list[TaskScore]:
         version = self.detector.version.name
-        for start in range(0, len(good), self.batch_size):
-            batch = good[start : start + self.batch_size]
-            detections = self.detector.predict([item.image for item in batch])
-            image_scores = self.scorer.score(detections)
-            self.metrics.images_scored.inc(len(batch))
-            for item, det, image_score in zip(batch, detections, image_scores):
-                regions = detections_to_regions(det, self.detector.class_names, config, self.score_threshold)
-                results[item.index] = {
-                    "model_version": version,
-                    # Label Studio's Uncertainty sampling serves the LOWEST score first.
-                    "score": round(1.0 - image_score.normalized, 6),
-                    "result": regions,
-                    "informativeness": image_score.value,
-                    "scorer": image_score.scorer,
-                }
-                if item.task_id is not None:
-                    scores.append(TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized))
         for item in loaded:
             if item.error is not None:
                 self.metrics.errors.labels(kind="task").inc()
                 # A broken task goes last in Label Studio's lowest-score-first order.
                 results[item.index] = {"model_version": version, "score": 1.0, "result": [], "error": item.error}
-        if scores:
-            self.store.save_scores(project_id, scores)
-        return results
+        good = [item for item in loaded if item.image is not None]
+        if not good:
+            return []
+        detections = self.detector.predict([item.image for item in good])
+        image_scores = self.scorer.score(detections)
+        self.metrics.images_scored.inc(len(good))
+        scores = []
+        for item, det, image_score in zip(good, detections, image_scores):
+            results[item.index] = {
+                "model_version": version,
+                # Label Studio's Uncertainty sampling serves the LOWEST score first.
+                "score": round(1.0 - image_score.normalized, 6),
+                "result": detections_to_regions(det, self.detector.class_names, config, self.score_threshold),
+                "informativeness": image_score.value,
+                "scorer": image_score.scorer,
+            }
+            if item.task_id is not None:
+                scores.append(TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized))
+        return scores
 
     def _load(self, index: int, task: object, config: LabelConfig) -> _Loaded:
         if not isinstance(task, dict):

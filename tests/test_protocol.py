@@ -144,3 +144,16 @@ def test_secrets_and_signed_urls_never_reach_the_logs(make_client, image_server,
         )
     assert caplog.records and secret not in caplog.text
     assert "/missing?... answered HTTP 404" in caplog.text
+
+
+def test_tasks_run_through_the_model_in_batches(make_client, image_server, shapes, untrained_detector, monkeypatch):
+    batches = []
+    original = untrained_detector.predict
+    monkeypatch.setattr(untrained_detector, "predict", lambda images: batches.append(len(images)) or original(images))
+    client = make_client(predict_batch_size=2)
+    tasks = [_task_url(image_server, sample, index) for index, sample in enumerate(shapes["test"][:5])]
+    tasks.insert(2, {"id": 99, "data": {}})
+    results = client.post("/predict", json={"tasks": tasks, "label_config": SHAPES_CONFIG}).get_json()["results"]
+    assert len(results) == 6 and "error" in results[2]
+    assert [r["model_version"] for r in results] == ["cpu_preset-backbone-untrained"] * 6
+    assert batches == [2, 1, 2]  # chunks of two tasks; the broken one never reaches the model
