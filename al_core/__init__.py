@@ -2,8 +2,18 @@
 
 A library with no knowledge of HTTP or Label Studio; the backend and the CLI call into it.
 """
+
 from .detectors import DETECTORS, Detector
 from .scoring import SCORERS, create_scorer
 from .types import Detections, ImageScore, LabeledImage, ModelVersion
 
-__all__ = ["DETECTORS", "SCORERS", "Detections", "Detector", "ImageScore", "LabeledImage", "ModelVersion", "create_scorer"]
+__all__ = [
+    "DETECTORS",
+    "SCORERS",
+    "Detections",
+    "Detector",
+    "ImageScore",
+    "LabeledImage",
+    "ModelVersion",
+    "create_scorer",
+]

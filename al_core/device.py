@@ -1,4 +1,5 @@
 """Choosing where the model runs."""
+
 from __future__ import annotations
 
 import torch

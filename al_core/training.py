@@ -1,5 +1,6 @@
 """Training a detector on labeled images, in the spirit of torchvision's detection reference:
 linear warm-up, cosine decay, AMP on CUDA, and a stop on a non-finite loss."""
+
 from __future__ import annotations
 
 import math
@@ -64,13 +65,14 @@ def _collate(batch):
 def train_detector(
     detector: Detector,
     samples: Sequence[LabeledImage],
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     on_progress: Callable[[float, float], None] | None = None,
     show_progress: bool = False,
 ) -> TrainResult:
     """Train ``detector.model`` in place; ``on_progress(fraction_done, loss)`` after each step."""
     if not samples:
         raise ValueError("no labeled images to train on")
+    config = config or TrainConfig()
     random.seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
@@ -110,7 +112,9 @@ def train_detector(
                 loss = sum(losses.values())
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    raise NonFiniteLoss(f"loss is {loss_value} at step {step}: {({k: float(v) for k, v in losses.items()})}")
+                    raise NonFiniteLoss(
+                        f"loss is {loss_value} at step {step}: { ({k: float(v) for k, v in losses.items()}) }"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

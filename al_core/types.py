@@ -1,4 +1,5 @@
 """The typed records that travel between al_core's modules (see DESIGN.md)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def above(self, threshold: float) -> "Detections":
+    def above(self, threshold: float) -> Detections:
         """The same detections, keeping only boxes whose score is >= threshold."""
         keep = self.scores >= threshold
         return Detections(

@@ -1,5 +1,6 @@
 """`python -m backend`: serve the app with gunicorn, one process (the model is loaded once)
 and SERVER_THREADS request threads, on HOST:PORT."""
+
 from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication

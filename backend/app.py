@@ -3,6 +3,7 @@
 Routes parse and validate, call the shared ``Predictor``, and shape answers. The detector is
 built once in ``create_app`` and shared by every request thread.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -102,7 +103,9 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         pass_ok = hmac.compare_digest((auth.password if auth else "") or "", settings.basic_auth_pass)
         if auth is None or not (user_ok and pass_ok):
             return Response(
-                '{"error": "authentication required"}\n', 401, {"WWW-Authenticate": 'Basic realm="al-backend"'},
+                '{"error": "authentication required"}\n',
+                401,
+                {"WWW-Authenticate": 'Basic realm="al-backend"'},
                 mimetype="application/json",
             )
         return None

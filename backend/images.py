@@ -4,6 +4,7 @@ Refused: other schemes, private/loopback/link-local addresses (SSRF) other than 
 host and the configured allow-list, path traversal, files over the byte limit, images over the
 pixel limit, anything Pillow cannot read. Each refusal is an ``ImageError`` saying why.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,9 @@ class ImageError(ValueError):
 def redact_url(url: str) -> str:
     """A URL fit for logs: query strings (presigned signatures, tokens) cut off."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}" + ("?..." if parts.query else "") if parts.scheme else parts.path
+    return (
+        f"{parts.scheme}://{parts.netloc}{parts.path}" + ("?..." if parts.query else "") if parts.scheme else parts.path
+    )
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -142,7 +145,9 @@ class ImageLoader:
         if not path.is_file():
             raise ImageError(f"no such file: {reference}")
         if path.stat().st_size > self.settings.max_image_bytes:
-            raise ImageError(f"{reference} is over the size limit of {self.settings.max_image_bytes} bytes (MAX_IMAGE_BYTES)")
+            raise ImageError(
+                f"{reference} is over the size limit of {self.settings.max_image_bytes} bytes (MAX_IMAGE_BYTES)"
+            )
         return path.read_bytes()
 
     def _is_label_studio(self, url: str) -> bool:

@@ -3,6 +3,7 @@
 label-studio-sdk tells a legacy token from a personal access token (a JWT refresh token) and
 exchanges the latter for short-lived access tokens, refreshing them when they expire.
 """
+
 from __future__ import annotations
 
 from label_studio_sdk import LabelStudio

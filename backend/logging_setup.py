@@ -1,4 +1,5 @@
 """Logging that never prints a secret: every record is scrubbed of the configured secrets."""
+
 from __future__ import annotations
 
 import logging

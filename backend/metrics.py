@@ -1,4 +1,5 @@
 """Prometheus metrics of one app, in a registry of its own."""
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -11,8 +12,13 @@ class Metrics:
             "al_backend_requests", "HTTP requests served", ["endpoint", "method", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "al_backend_request_seconds", "HTTP request latency", ["endpoint"], registry=self.registry,
+            "al_backend_request_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 100),
         )
-        self.images_scored = Counter("al_backend_images_scored", "Images run through the detector and scored", registry=self.registry)
+        self.images_scored = Counter(
+            "al_backend_images_scored", "Images run through the detector and scored", registry=self.registry
+        )
         self.errors = Counter("al_backend_errors", "Errors by kind", ["kind"], registry=self.registry)

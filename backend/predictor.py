@@ -1,5 +1,6 @@
 """/predict's work: fetch and decode the tasks' images in parallel, run them through the shared
 detector in batches, score them, and shape one Label Studio prediction per task."""
+
 from __future__ import annotations
 
 import logging
@@ -94,7 +95,9 @@ class Predictor:
                 "scorer": image_score.scorer,
             }
             if item.task_id is not None:
-                scores.append(TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized))
+                scores.append(
+                    TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized)
+                )
         return scores
 
     def _load(self, index: int, task: object, config: LabelConfig) -> _Loaded:
@@ -103,7 +106,7 @@ class Predictor:
         task_id = task.get("id") if isinstance(task.get("id"), int) else None
         data = task.get("data")
         if not isinstance(data, dict) or config.image_key not in data:
-            error = f"task data has no {config.image_key!r} field (the config's <Image value=\"${config.image_key}\">)"
+            error = f'task data has no {config.image_key!r} field (the config\'s <Image value="${config.image_key}">)'
             log.warning("task %s: %s", task_id, error)
             return _Loaded(index, task_id, error=error)
         try:

@@ -4,6 +4,7 @@ Each field is read from the environment variable of the same name in upper case
 (``model_detector`` <- ``MODEL_DETECTOR``); ``CONFIG_FILE`` may name a YAML file with the same
 keys. The README's configuration table lists every field (a test keeps it true).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,25 +28,58 @@ class Settings:
     log_level: str = field(default="INFO", metadata=_doc("Python logging level."))
     server_threads: int = field(default=8, metadata=_doc("Request threads of the single server process."))
     max_request_bytes: int = field(default=32 * 2**20, metadata=_doc("Largest accepted request body (bytes)."))
-    basic_auth_user: str = field(default="", metadata=_doc("With BASIC_AUTH_PASS: HTTP Basic auth on every endpoint but /health."))
+    basic_auth_user: str = field(
+        default="", metadata=_doc("With BASIC_AUTH_PASS: HTTP Basic auth on every endpoint but /health.")
+    )
     basic_auth_pass: str = field(default="", metadata=_doc("Password for BASIC_AUTH_USER (never logged)."))
-    model_detector: str = field(default="cpu_preset", metadata=_doc("Detector of the registry to build when no checkpoint is given."))
-    model_checkpoint: str = field(default="", metadata=_doc("Path of a checkpoint saved by this backend; overrides MODEL_DETECTOR."))
-    model_pretrained: str = field(default="backbone", metadata=_doc("Weights for a fresh model: `backbone` (ImageNet), `coco` (torchvision COCO detector) or `none`."))
-    model_classes: str = field(default="object", metadata=_doc("Comma-separated class names of a fresh model (a checkpoint carries its own)."))
-    model_image_size: int = field(default=0, metadata=_doc("Input size the model resizes images to; 0 = the detector's default."))
-    model_device: str = field(default="auto", metadata=_doc("`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ..."))
+    model_detector: str = field(
+        default="cpu_preset", metadata=_doc("Detector of the registry to build when no checkpoint is given.")
+    )
+    model_checkpoint: str = field(
+        default="", metadata=_doc("Path of a checkpoint saved by this backend; overrides MODEL_DETECTOR.")
+    )
+    model_pretrained: str = field(
+        default="backbone",
+        metadata=_doc(
+            "Weights for a fresh model: `backbone` (ImageNet), `coco` (torchvision COCO detector) or `none`."
+        ),
+    )
+    model_classes: str = field(
+        default="object", metadata=_doc("Comma-separated class names of a fresh model (a checkpoint carries its own).")
+    )
+    model_image_size: int = field(
+        default=0, metadata=_doc("Input size the model resizes images to; 0 = the detector's default.")
+    )
+    model_device: str = field(
+        default="auto", metadata=_doc("`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ...")
+    )
     predict_batch_size: int = field(default=8, metadata=_doc("Images per model forward pass in /predict."))
-    prediction_score_threshold: float = field(default=0.3, metadata=_doc("Boxes below this score are not sent as pre-annotations."))
+    prediction_score_threshold: float = field(
+        default=0.3, metadata=_doc("Boxes below this score are not sent as pre-annotations.")
+    )
     fetch_workers: int = field(default=8, metadata=_doc("Threads downloading and decoding images in parallel."))
-    fetch_timeout: float = field(default=10.0, metadata=_doc("Seconds allowed to connect and between bytes of an image download."))
+    fetch_timeout: float = field(
+        default=10.0, metadata=_doc("Seconds allowed to connect and between bytes of an image download.")
+    )
     max_image_bytes: int = field(default=30 * 2**20, metadata=_doc("Largest image file accepted (bytes)."))
-    max_image_pixels: int = field(default=50_000_000, metadata=_doc("Largest image accepted (width x height), against decompression bombs."))
-    image_cache_max_bytes: int = field(default=2**30, metadata=_doc("Size cap of the on-disk image cache under DATA_DIR/image_cache."))
-    local_files_root: str = field(default="", metadata=_doc("Directory under which plain local paths in tasks may be read; empty = none."))
-    fetch_allow_hosts: str = field(default="", metadata=_doc("Comma-separated host or host:port allowed even on private addresses."))
-    label_studio_url: str = field(default="", metadata=_doc("Label Studio base URL, for /data/upload and /data/local-files images."))
-    label_studio_api_key: str = field(default="", metadata=_doc("Label Studio legacy token or personal access token (never logged)."))
+    max_image_pixels: int = field(
+        default=50_000_000, metadata=_doc("Largest image accepted (width x height), against decompression bombs.")
+    )
+    image_cache_max_bytes: int = field(
+        default=2**30, metadata=_doc("Size cap of the on-disk image cache under DATA_DIR/image_cache.")
+    )
+    local_files_root: str = field(
+        default="", metadata=_doc("Directory under which plain local paths in tasks may be read; empty = none.")
+    )
+    fetch_allow_hosts: str = field(
+        default="", metadata=_doc("Comma-separated host or host:port allowed even on private addresses.")
+    )
+    label_studio_url: str = field(
+        default="", metadata=_doc("Label Studio base URL, for /data/upload and /data/local-files images.")
+    )
+    label_studio_api_key: str = field(
+        default="", metadata=_doc("Label Studio legacy token or personal access token (never logged).")
+    )
 
     @property
     def data_path(self) -> Path:
@@ -56,7 +90,7 @@ class Settings:
         return tuple(s for s in (self.basic_auth_pass, self.label_studio_api_key) if s)
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         config_file = environ.get("CONFIG_FILE")

@@ -1,5 +1,6 @@
 """The service's own state in SQLite: projects' labeling configs and every informativeness
 score it computed (the raw value is kept here; Label Studio only gets 1 - normalized)."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -63,7 +64,9 @@ class Store:
 
     def save_scores(self, project_id: int | None, scores: Iterable[TaskScore]) -> None:
         now = time.time()
-        rows = [(project_id, s.task_id, s.model_version, s.scorer, s.informativeness, s.normalized, now) for s in scores]
+        rows = [
+            (project_id, s.task_id, s.model_version, s.scorer, s.informativeness, s.normalized, now) for s in scores
+        ]
         with self._connect() as db:
             db.executemany("INSERT OR REPLACE INTO task_scores VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 

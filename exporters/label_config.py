@@ -1,4 +1,5 @@
 """Reading a Label Studio labeling config: which tags the boxes go to, and which labels exist."""
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET

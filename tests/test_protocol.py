@@ -1,4 +1,5 @@
 """Label Studio's ML backend protocol through Flask's test client."""
+
 import base64
 import logging
 
@@ -6,7 +7,9 @@ import pytest
 
 from .conftest import SHAPES_CONFIG
 
-NO_RECTANGLES = '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="x"/></Choices></View>'
+NO_RECTANGLES = (
+    '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="x"/></Choices></View>'
+)
 
 
 def _task_url(image_server, sample, task_id):
@@ -25,13 +28,18 @@ def test_setup_returns_the_model_version_and_remembers_the_config(make_client, i
     answer = client.post("/setup", json={"project": "4.1795262362", "schema": SHAPES_CONFIG, "hostname": "http://ls"})
     assert answer.status_code == 200 and answer.get_json() == {"model_version": "cpu_preset-backbone-untrained"}
     # A later /predict without label_config uses the stored one.
-    answer = client.post("/predict", json={"project": "4.1795262399", "tasks": [_task_url(image_server, shapes["test"][0], 1)]})
+    answer = client.post(
+        "/predict", json={"project": "4.1795262399", "tasks": [_task_url(image_server, shapes["test"][0], 1)]}
+    )
     assert answer.status_code == 200 and len(answer.get_json()["results"]) == 1
 
 
 def test_configs_without_rectangles_get_a_clear_error(make_client):
     client = make_client()
-    for path, body in [("/setup", {"project": "1.2", "schema": NO_RECTANGLES}), ("/predict", {"tasks": [], "label_config": NO_RECTANGLES})]:
+    for path, body in [
+        ("/setup", {"project": "1.2", "schema": NO_RECTANGLES}),
+        ("/predict", {"tasks": [], "label_config": NO_RECTANGLES}),
+    ]:
         answer = client.post(path, json=body)
         assert answer.status_code == 400 and "RectangleLabels" in answer.get_json()["error"]
 
@@ -98,8 +106,17 @@ def test_webhook_answers_fast_and_knows_unknown_events(make_client):
 
 def test_versions_and_prometheus_metrics(make_client, image_server, shapes):
     client = make_client()
-    assert client.get("/versions").get_json() == {"versions": ["cpu_preset-backbone-untrained"], "active": "cpu_preset-backbone-untrained"}
-    client.post("/predict", json={"tasks": [_task_url(image_server, shapes["test"][0], 1), {"id": 2, "data": {}}], "label_config": SHAPES_CONFIG})
+    assert client.get("/versions").get_json() == {
+        "versions": ["cpu_preset-backbone-untrained"],
+        "active": "cpu_preset-backbone-untrained",
+    }
+    client.post(
+        "/predict",
+        json={
+            "tasks": [_task_url(image_server, shapes["test"][0], 1), {"id": 2, "data": {}}],
+            "label_config": SHAPES_CONFIG,
+        },
+    )
     answer = client.get("/metrics")
     assert answer.status_code == 200 and answer.content_type.startswith("text/plain")
     text = answer.get_data(as_text=True)
@@ -116,12 +133,21 @@ def _basic(user, password):
 def test_basic_auth_on_every_endpoint_but_health(make_client, caplog):
     client = make_client(basic_auth_user="ls", basic_auth_pass="s3cret-pass")
     assert client.get("/health").status_code == 200
-    calls = [("get", "/"), ("post", "/setup"), ("post", "/predict"), ("post", "/webhook"), ("get", "/versions"), ("get", "/metrics")]
+    calls = [
+        ("get", "/"),
+        ("post", "/setup"),
+        ("post", "/predict"),
+        ("post", "/webhook"),
+        ("get", "/versions"),
+        ("get", "/metrics"),
+    ]
     for method, path in calls:
         assert getattr(client, method)(path).status_code == 401, path
         assert getattr(client, method)(path, headers=_basic("ls", "wrong")).status_code == 401, path
         assert getattr(client, method)(path, headers=_basic("other", "s3cret-pass")).status_code == 401, path
-    answer = client.post("/setup", json={"project": "1.1", "schema": SHAPES_CONFIG}, headers=_basic("ls", "s3cret-pass"))
+    answer = client.post(
+        "/setup", json={"project": "1.1", "schema": SHAPES_CONFIG}, headers=_basic("ls", "s3cret-pass")
+    )
     assert answer.status_code == 200
 
 
@@ -140,7 +166,10 @@ def test_secrets_and_signed_urls_never_reach_the_logs(make_client, image_server,
         logging.getLogger("backend").warning("about to use %s", secret)
         client.post(
             "/predict",
-            json={"tasks": [{"id": 1, "data": {"picture": f"{image_server.url}/missing?token={secret}"}}], "label_config": SHAPES_CONFIG},
+            json={
+                "tasks": [{"id": 1, "data": {"picture": f"{image_server.url}/missing?token={secret}"}}],
+                "label_config": SHAPES_CONFIG,
+            },
         )
     assert caplog.records and secret not in caplog.text
     assert "/missing?... answered HTTP 404" in caplog.text

@@ -1,5 +1,6 @@
 """The backend as `make run` starts it (`python -m backend`), with a trained CPU-preset
 checkpoint: boxes of good tasks land on the known objects, a broken task gets an error."""
+
 import os
 import socket
 import subprocess
@@ -42,7 +43,9 @@ def served(tmp_path, trained_checkpoint, image_server, shapes):
     }
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "backend"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "backend"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -86,8 +89,8 @@ def test_three_tasks_one_broken(served, image_server, shapes):
             iou = box_iou(truth[None], boxes)[0]
             best = int(iou.argmax())
             assert iou[best] > 0.5 and labels[best] == label
-    assert requests.post(f"{url}/setup", json={"project": "5.1", "schema": SHAPES_CONFIG}, auth=("ls", PASSWORD)).json() == {
-        "model_version": "shapes-v1"
-    }
+    assert requests.post(
+        f"{url}/setup", json={"project": "5.1", "schema": SHAPES_CONFIG}, auth=("ls", PASSWORD)
+    ).json() == {"model_version": "shapes-v1"}
     log_text = log_path.read_text()
     assert "broken.png?..." in log_text and PASSWORD not in log_text

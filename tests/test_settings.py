@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from backend.app import parse_project_id, BadRequest
+from backend.app import BadRequest, parse_project_id
 from backend.settings import Settings
 
 from .conftest import ROOT
@@ -11,7 +11,12 @@ from .conftest import ROOT
 
 def test_defaults_run_on_a_laptop_cpu():
     settings = Settings.load({})
-    assert (settings.host, settings.port, settings.model_detector, settings.model_device) == ("127.0.0.1", 9090, "cpu_preset", "auto")
+    assert (settings.host, settings.port, settings.model_detector, settings.model_device) == (
+        "127.0.0.1",
+        9090,
+        "cpu_preset",
+        "auto",
+    )
 
 
 def test_environment_over_yaml_over_defaults(tmp_path):

@@ -3,6 +3,7 @@
 Objects are known exactly, so tests can check that boxes land where they should. Everything
 is drawn from one seed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

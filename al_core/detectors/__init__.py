@@ -1,4 +1,5 @@
 """Detectors: the registry of torchvision models and the loaded ``Detector``."""
+
 from .detector import Detector
 from .registry import DETECTORS, DetectorSpec, PretrainedWeightsUnavailable, build_model
 

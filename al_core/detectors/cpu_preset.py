@@ -3,6 +3,7 @@
 Made for tests, demos and simulations on a laptop CPU at small input sizes (128 px canvases);
 the standard torchvision detectors of the registry are for real use on GPUs.
 """
+
 from __future__ import annotations
 
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2

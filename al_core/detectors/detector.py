@@ -1,4 +1,5 @@
 """A loaded detector: built once, shared, turning images into ``Detections``."""
+
 from __future__ import annotations
 
 import threading
@@ -45,7 +46,7 @@ class Detector:
         pretrained: Pretrained = "backbone",
         image_size: int | None = None,
         device: str = "auto",
-    ) -> "Detector":
+    ) -> Detector:
         """A fresh detector; with ``pretrained='coco'`` the classes are COCO's."""
         if pretrained not in ("none", "backbone", "coco"):
             raise ValueError(f"pretrained must be 'none', 'backbone' or 'coco', got {pretrained!r}")
@@ -63,7 +64,7 @@ class Detector:
         return cls(model, version, size, resolve_device(device))
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "Detector":
+    def load(cls, path: str | Path, device: str = "auto") -> Detector:
         """A detector saved by ``save``; fails with a clear error on a foreign or broken file."""
         path = Path(path)
         try:
@@ -116,7 +117,10 @@ class Detector:
         return [self._to_detections(out, image, pooled, i) for i, (out, image) in enumerate(zip(outputs, images))]
 
     def _to_detections(self, out: dict, image: Image.Image, pooled: torch.Tensor | None, index: int) -> Detections:
-        out = {key: value.detach().float().cpu() if value.is_floating_point() else value.cpu() for key, value in out.items()}
+        out = {
+            key: value.detach().float().cpu() if value.is_floating_point() else value.cpu()
+            for key, value in out.items()
+        }
         labels = out["labels"].long()
         # Label 0 is the background slot; some heads can still emit it.
         keep = labels > 0

@@ -5,6 +5,7 @@ let torchvision do all of its post-processing, then recover each kept box's anch
 head outputs it was given, and attach that anchor's full per-class probability vector and the
 image's top pre-NMS candidate scores. Boxes, labels and scores are unchanged.
 """
+
 from __future__ import annotations
 
 import torch

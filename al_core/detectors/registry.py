@@ -3,10 +3,12 @@
 Every model reserves label 0 for background (torchvision's convention), so a detector for
 ``class_names`` has ``len(class_names) + 1`` classes and label ``i`` means ``class_names[i - 1]``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torchvision
 from torch import nn

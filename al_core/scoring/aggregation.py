@@ -1,5 +1,6 @@
 """Box scores -> one image score. Each aggregation maps per-box values in [0, 1] to an image
 value and that value to [0, 1] (``normalized``), so images compare whatever their box count."""
+
 from __future__ import annotations
 
 import torch

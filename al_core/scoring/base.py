@@ -1,4 +1,5 @@
 """The scorer interface and its registry (name -> class)."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -7,7 +8,7 @@ from typing import ClassVar
 
 from ..types import Detections, ImageScore
 
-SCORERS: dict[str, type["Scorer"]] = {}
+SCORERS: dict[str, type[Scorer]] = {}
 
 
 class Scorer(ABC):

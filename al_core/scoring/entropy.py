@@ -1,4 +1,5 @@
 """Entropy of the detector's class predictions (Brust et al. 2018; PPAL's baseline)."""
+
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import torch
 from ..types import Detections, ImageScore
 from .aggregation import AGGREGATIONS, aggregate
 from .base import Scorer, register
+
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     """-p log p - (1-p) log(1-p), divided by log 2 so that it lies in [0, 1]."""
