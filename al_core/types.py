@@ -27,6 +27,10 @@ class Detections:
     candidate_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     # Globally pooled backbone/FPN features of the whole image.
     image_features: torch.Tensor | None = None
+    # (N, D) RoI-pooled backbone/FPN features of each box.
+    box_features: torch.Tensor | None = None
+    # The learning-loss head's prediction of the detector's loss on this image.
+    predicted_loss: float | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -43,6 +47,8 @@ class Detections:
             probs_kind=self.probs_kind,
             candidate_scores=self.candidate_scores,
             image_features=self.image_features,
+            box_features=None if self.box_features is None else self.box_features[keep],
+            predicted_loss=self.predicted_loss,
         )
 
 
@@ -68,6 +74,7 @@ class ModelVersion:
     detector: str
     class_names: tuple[str, ...]
     checkpoint: str | None = None
+    trained: bool = False  # False: the head is still untrained (cold start)
 
 
 @dataclass

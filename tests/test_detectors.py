@@ -1,6 +1,7 @@
 import pytest
 import torch
 from PIL import Image
+from torchvision.ops import MultiScaleRoIAlign
 
 from al_core.datasets import SHAPE_CLASSES
 from al_core.detectors import DETECTORS, Detector
@@ -62,12 +63,60 @@ def test_unknown_detector_and_no_classes():
         Detector.create("cpu_preset", [])
 
 
-@pytest.mark.parametrize("name", sorted(set(DETECTORS) - {"cpu_preset"}))
-def test_every_registry_detector_builds_and_predicts(name):
-    detector = Detector.create(name, ["car", "person"], pretrained="none", image_size=128)
-    [det] = detector.predict([Image.new("RGB", (160, 120), (90, 90, 90))])
-    assert det.image_size == (160, 120)
-    assert det.boxes.shape[1] == 4 and det.labels.dtype == torch.int64
-    assert det.probs_kind == DETECTORS[name].probs_kind
-    if det.class_probs is not None:
-        assert det.class_probs.shape[1] == 3
+def _keep_every_box(model):
+    for owner in (model, getattr(model, "roi_heads", None)):
+        if owner is not None and hasattr(owner, "score_thresh"):
+            owner.score_thresh = 0.0
+
+
+@pytest.fixture(scope="module")
+def registry_detectors():
+    torch.manual_seed(0)
+    built = {}
+    for name, spec in DETECTORS.items():
+        has_fpn = name != "ssdlite320_mobilenet_v3_large"
+        detector = Detector.create(name, ["car", "person"], pretrained="none", image_size=128, loss_head=has_fpn)
+        _keep_every_box(detector.model)
+        built[name] = detector
+    return built
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_every_registry_detector_reports_what_scorers_need(registry_detectors, name):
+    detector = registry_detectors[name]
+    images = [Image.new("RGB", (160, 120), (90, 90, 90)), Image.effect_noise((128, 128), 80).convert("RGB")]
+    detections = detector.predict(images)
+    assert [d.image_size for d in detections] == [(160, 120), (128, 128)]
+    for det in detections:
+        n = len(det)
+        assert n > 0, "an untrained head with no score threshold still keeps boxes"
+        assert det.boxes.shape == (n, 4) and det.labels.dtype == torch.int64 and det.labels.max() < 2
+        assert det.probs_kind == DETECTORS[name].probs_kind
+        assert det.class_probs.shape == (n, 3)  # background slot + 2 classes
+        if det.probs_kind == "softmax":
+            assert torch.allclose(det.class_probs.sum(1), torch.ones(n), atol=1e-5)
+        # Each box's score is its own label's probability: the probe found the right source.
+        assert torch.allclose(det.class_probs[torch.arange(n), det.labels + 1], det.scores, atol=1e-6)
+        assert det.box_features.shape[0] == n and det.box_features.ndim == 2
+        assert det.image_features.ndim == 1 and det.image_features.numel() > 0
+        assert 0 < det.candidate_scores.numel() <= 100
+        assert torch.isfinite(det.box_features).all()
+        if name == "ssdlite320_mobilenet_v3_large":
+            assert det.predicted_loss is None
+        else:
+            assert isinstance(det.predicted_loss, float)
+
+
+def test_loss_head_needs_an_fpn():
+    with pytest.raises(ValueError, match="FPN"):
+        Detector.create("ssdlite320_mobilenet_v3_large", ["a"], pretrained="none", loss_head=True)
+
+
+def test_box_features_are_pooled_where_the_model_saw_the_box(registry_detectors):
+    """Boxes come back in original pixels; their features must be pooled at the resized place."""
+    detector = registry_detectors["fcos_resnet50_fpn"]  # resizes 256 px images to 128
+    [det] = detector.predict([Image.effect_noise((256, 256), 80).convert("RGB")])
+    maps = detector.features
+    pooler = MultiScaleRoIAlign(list(maps), output_size=1, sampling_ratio=2)
+    expected = pooler(maps, [det.boxes[:5] * 0.5], [(128, 128)]).flatten(1)
+    assert torch.allclose(det.box_features[:5], expected, atol=1e-5)

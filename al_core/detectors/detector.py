@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,19 +10,27 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.transforms.functional import pil_to_tensor
 
 from ..device import resolve_device
 from ..types import Detections, ModelVersion
+from .loss_head import attach_loss_head
 from .registry import DETECTORS, Pretrained, build_model, coco_class_names
 
 CHECKPOINT_FORMAT = 1
 
 
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return pil_to_tensor(image).float() / 255.0
+
+
 class Detector:
     """One torchvision detector plus its class names and version.
 
-    ``predict`` is thread-safe: concurrent callers take turns on the model.
+    A forward hook on the backbone keeps the last batch's feature maps; from them come each
+    image's pooled features, each box's RoI-pooled features and, with a ``loss_head``, the
+    predicted loss. ``predict`` is thread-safe: concurrent callers take turns on the model.
     """
 
     def __init__(self, model: nn.Module, version: ModelVersion, image_size: int, device: torch.device):
@@ -30,13 +39,19 @@ class Detector:
         self.image_size = image_size
         self.device = device
         self.probs_kind = DETECTORS[version.detector].probs_kind
-        self._lock = threading.Lock()
-        self._pooled: list[torch.Tensor] = []
-        self.model.backbone.register_forward_hook(self._pool_backbone_features)
+        self.lock = threading.Lock()
+        self.features: dict[str, torch.Tensor] = {}
+        self.model.backbone.register_forward_hook(self._keep_features)
+        self._resized_sizes: list[tuple[int, int]] = []
+        self.model.transform.register_forward_hook(self._keep_resized_sizes)
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.version.class_names
+
+    @property
+    def has_loss_head(self) -> bool:
+        return hasattr(self.model, "loss_head")
 
     @classmethod
     def create(
@@ -46,6 +61,7 @@ class Detector:
         pretrained: Pretrained = "backbone",
         image_size: int | None = None,
         device: str = "auto",
+        loss_head: bool = False,
     ) -> Detector:
         """A fresh detector; with ``pretrained='coco'`` the classes are COCO's."""
         if pretrained not in ("none", "backbone", "coco"):
@@ -58,9 +74,10 @@ class Detector:
             raise ValueError("a detector needs at least one class name")
         size = image_size or DETECTORS[name].default_image_size
         model = build_model(name, tuple(class_names), size, pretrained)
-        version = ModelVersion(name=f"{name}-{pretrained}-untrained", detector=name, class_names=tuple(class_names))
-        if pretrained == "coco":
-            version = ModelVersion(name=f"{name}-coco", detector=name, class_names=tuple(class_names))
+        if loss_head:
+            attach_loss_head(model)
+        suffix = "coco" if pretrained == "coco" else f"{pretrained}-untrained"
+        version = ModelVersion(f"{name}-{suffix}", name, tuple(class_names), trained=pretrained == "coco")
         return cls(model, version, size, resolve_device(device))
 
     @classmethod
@@ -75,9 +92,15 @@ class Detector:
             raise ValueError(f"{path} is not a checkpoint of this backend (format {CHECKPOINT_FORMAT})")
         class_names = tuple(checkpoint["class_names"])
         model = build_model(checkpoint["detector"], class_names, checkpoint["image_size"], "none")
+        if checkpoint.get("loss_head"):
+            attach_loss_head(model)
         model.load_state_dict(checkpoint["state_dict"])
         version = ModelVersion(
-            name=checkpoint["version"], detector=checkpoint["detector"], class_names=class_names, checkpoint=str(path)
+            checkpoint["version"],
+            checkpoint["detector"],
+            class_names,
+            str(path),
+            trained=checkpoint.get("trained", True),
         )
         return cls(model, version, checkpoint["image_size"], resolve_device(device))
 
@@ -86,51 +109,76 @@ class Detector:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "detector": self.version.detector,
-                "class_names": list(self.class_names),
-                "image_size": self.image_size,
-                "version": version_name,
-                "state_dict": self.model.state_dict(),
-            },
-            tmp,
-        )
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "detector": self.version.detector,
+            "class_names": list(self.class_names),
+            "image_size": self.image_size,
+            "version": version_name,
+            "trained": self.version.trained,
+            "loss_head": self.has_loss_head,
+            "state_dict": self.model.state_dict(),
+        }
+        torch.save(checkpoint, tmp)
         tmp.replace(path)
+        self.version = dataclasses.replace(self.version, name=version_name, checkpoint=str(path))
 
-    def _pool_backbone_features(self, module, inputs, output) -> None:
-        maps = output.values() if isinstance(output, dict) else [output]
-        self._pooled.append(torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1))
+    def mark_trained(self) -> None:
+        self.version = dataclasses.replace(self.version, trained=True)
+
+    def _keep_features(self, module, inputs, output) -> None:
+        self.features = output if isinstance(output, dict) else {"0": output}
+
+    def _keep_resized_sizes(self, module, inputs, output) -> None:
+        self._resized_sizes = list(output[0].image_sizes)
 
     @torch.inference_mode()
     def predict(self, images: Sequence[Image.Image]) -> list[Detections]:
         """Detections for RGB images, in the given order, in one forward pass."""
         if not images:
             return []
-        tensors = [pil_to_tensor(image).to(self.device, torch.float32) / 255.0 for image in images]
-        with self._lock:
-            self._pooled.clear()
+        tensors = [to_tensor(image).to(self.device) for image in images]
+        with self.lock:
             self.model.eval()
             outputs = self.model(tensors)
-            pooled = torch.cat(self._pooled) if self._pooled else None
-        return [self._to_detections(out, image, pooled, i) for i, (out, image) in enumerate(zip(outputs, images))]
+            maps = list(self.features.values())
+            pooled = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+            predicted_loss = self.model.loss_head(maps).tolist() if self.has_loss_head else [None] * len(images)
+            box_features = self._box_features(outputs, images)
+        return [
+            self._to_detections(out, image, pooled[i], box_features[i], predicted_loss[i])
+            for i, (out, image) in enumerate(zip(outputs, images, strict=True))
+        ]
 
-    def _to_detections(self, out: dict, image: Image.Image, pooled: torch.Tensor | None, index: int) -> Detections:
-        out = {
-            key: value.detach().float().cpu() if value.is_floating_point() else value.cpu()
-            for key, value in out.items()
-        }
+    def _box_features(self, outputs: list[dict], images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """(N, D) features of each image's boxes, pooled from the maps the model saw."""
+        boxes = []
+        for out, image, (height, width) in zip(outputs, images, self._resized_sizes, strict=True):
+            scale = torch.tensor([width / image.width, height / image.height] * 2, device=out["boxes"].device)
+            boxes.append(out["boxes"] * scale)
+        maps = self.features
+        if len({m.shape[1] for m in maps.values()}) == 1:
+            pooler = MultiScaleRoIAlign(list(maps), output_size=1, sampling_ratio=2)
+            pooled = pooler(maps, boxes, self._resized_sizes).flatten(1)
+        else:  # SSD's maps differ in width: pool from the finest one
+            finest = next(iter(maps.values()))
+            stride = max(self._resized_sizes[0]) / max(finest.shape[-2:])
+            pooled = roi_align(finest, boxes, output_size=1, spatial_scale=1 / stride, sampling_ratio=2).flatten(1)
+        return list(pooled.split([len(b) for b in boxes]))
+
+    def _to_detections(self, out: dict, image: Image.Image, pooled, box_features, predicted_loss) -> Detections:
+        out = {key: value.detach().cpu() for key, value in out.items()}
         labels = out["labels"].long()
-        # Label 0 is the background slot; some heads can still emit it.
-        keep = labels > 0
+        keep = labels > 0  # label 0 is the background slot; some heads can still emit it
         return Detections(
-            boxes=out["boxes"][keep],
+            boxes=out["boxes"][keep].float(),
             labels=labels[keep] - 1,
-            scores=out["scores"][keep],
+            scores=out["scores"][keep].float(),
             image_size=image.size,
-            class_probs=out["class_probs"][keep] if "class_probs" in out else None,
+            class_probs=out["class_probs"][keep].float() if "class_probs" in out else None,
             probs_kind=self.probs_kind,
-            candidate_scores=out.get("candidate_scores", torch.zeros(0)),
-            image_features=None if pooled is None else pooled[index].cpu(),
+            candidate_scores=out.get("candidate_scores", torch.zeros(0)).float(),
+            image_features=pooled.float().cpu(),
+            box_features=box_features[keep.to(box_features.device)].float().cpu(),
+            predicted_loss=predicted_loss,
         )

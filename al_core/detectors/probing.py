@@ -1,51 +1,77 @@
-"""Dense one-stage detectors (FCOS, RetinaNet) that also report what active learning needs.
+"""torchvision detectors that also report what active learning needs.
 
-torchvision's ``postprocess_detections`` keeps only each box's winning score. These subclasses
-let torchvision do all of its post-processing, then recover each kept box's anchor from the
-head outputs it was given, and attach that anchor's full per-class probability vector and the
-image's top pre-NMS candidate scores. Boxes, labels and scores are unchanged.
+torchvision's post-processing keeps only each box's winning score. The subclasses here let
+torchvision do all of its post-processing, then find each kept box's source (anchor or
+proposal) among the head outputs it was given, by the box and score it produced, and attach:
+- ``class_probs``: that source's full class-probability vector (column 0 = background slot);
+- ``candidate_scores``: the image's top pre-NMS class scores, for images with no final box.
+Boxes, labels and scores are unchanged. A model gets these by a class swap (same modules and
+parameters, only post-processing reports more): see ``probe``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.ssd import SSD
 from torchvision.ops import boxes as box_ops
 
 NUM_CANDIDATES = 100
 
 
-def _per_image(levels: list[Tensor], index: int) -> Tensor:
-    return torch.cat([level[index] for level in levels])
+def _per_image(outputs: list[Tensor] | Tensor, index: int) -> Tensor:
+    """One image's rows of a head output: per-level lists (FCOS, RetinaNet) or one tensor (SSD)."""
+    if isinstance(outputs, Tensor):
+        return outputs[index]
+    return torch.cat([level[index] for level in outputs])
+
+
+def source_of_each_box(det: dict[str, Tensor], probs: Tensor, decoded: Tensor) -> Tensor:
+    """Index of the anchor/proposal each kept box came from.
+
+    ``probs`` is (A, C); ``decoded`` is (A, 4), or (A, C, 4) for per-class box regression. The
+    kept box is the source whose decoded box for that label and label score equal it exactly.
+    """
+    if decoded.dim() == 3:
+        decoded = decoded[:, det["labels"]].transpose(0, 1)  # (M, A, 4)
+    else:
+        decoded = decoded[None]
+    box_gap = (det["boxes"][:, None, :] - decoded).abs().sum(-1)
+    score_gap = (probs[:, det["labels"]].T - det["scores"][:, None]).abs()
+    return (box_gap + score_gap).argmin(dim=1)
+
+
+def report(det: dict[str, Tensor], probs: Tensor, decoded: Tensor) -> None:
+    det["class_probs"] = probs[source_of_each_box(det, probs, decoded)]
+    flat = probs[:, 1:].flatten()  # column 0 is the background slot, never a real class
+    det["candidate_scores"] = flat.topk(min(NUM_CANDIDATES, flat.numel())).values
 
 
 class _DenseProbe:
-    def _decode(self, regression: Tensor, anchors: Tensor) -> Tensor:
-        raise NotImplementedError
+    """For one-stage heads whose ``postprocess_detections`` returns the detection dicts."""
 
-    def _class_probs(self, head_outputs: dict[str, list[Tensor]], index: int) -> Tensor:
-        """Per-anchor class probabilities, computed as the model computes its box scores."""
+    def _decode(self, regression: Tensor, anchors: Tensor) -> Tensor:
+        return self.box_coder.decode_single(regression, anchors)
+
+    def _class_probs(self, head_outputs, index: int) -> Tensor:
         raise NotImplementedError
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
         detections = super().postprocess_detections(head_outputs, anchors, image_shapes)
         for index, det in enumerate(detections):
-            probs = self._class_probs(head_outputs, index)  # (A, C)
-            decoded = self._decode(_per_image(head_outputs["bbox_regression"], index), torch.cat(anchors[index]))
-            decoded = box_ops.clip_boxes_to_image(decoded, image_shapes[index])
-            # The kept box is the anchor whose decoded box and label score equal it exactly.
-            box_gap = (det["boxes"][:, None, :] - decoded[None]).abs().sum(-1)
-            score_gap = (probs[:, det["labels"]].T - det["scores"][:, None]).abs()
-            anchor_index = (box_gap + score_gap).argmin(dim=1)
-            det["class_probs"] = probs[anchor_index]
-            flat = probs[:, 1:].flatten()  # index 0 is the background slot, never a real class
-            det["candidate_scores"] = flat.topk(min(NUM_CANDIDATES, flat.numel())).values
+            image_anchors = anchors[index] if isinstance(anchors[index], Tensor) else torch.cat(anchors[index])
+            decoded = self._decode(_per_image(head_outputs["bbox_regression"], index), image_anchors)
+            report(
+                det, self._class_probs(head_outputs, index), box_ops.clip_boxes_to_image(decoded, image_shapes[index])
+            )
         return detections
 
 
 class ProbedFCOS(_DenseProbe, FCOS):
-    """FCOS (Tian et al. 2019) whose detections carry class probabilities and candidates."""
+    """FCOS (Tian et al. 2019): score = sqrt(sigmoid(class logit) * sigmoid(centerness))."""
 
     def _decode(self, regression: Tensor, anchors: Tensor) -> Tensor:
         return self.box_coder.decode(regression, anchors)
@@ -57,10 +83,54 @@ class ProbedFCOS(_DenseProbe, FCOS):
 
 
 class ProbedRetinaNet(_DenseProbe, RetinaNet):
-    """RetinaNet (Lin et al. 2017) whose detections carry class probabilities and candidates."""
-
-    def _decode(self, regression: Tensor, anchors: Tensor) -> Tensor:
-        return self.box_coder.decode_single(regression, anchors)
+    """RetinaNet (Lin et al. 2017): one sigmoid per class."""
 
     def _class_probs(self, head_outputs, index):
         return torch.sigmoid(_per_image(head_outputs["cls_logits"], index))
+
+
+class ProbedSSD(_DenseProbe, SSD):
+    """SSD / SSDlite (Liu et al. 2016): softmax over classes + background."""
+
+    def _class_probs(self, head_outputs, index):
+        return F.softmax(_per_image(head_outputs["cls_logits"], index), dim=-1)
+
+
+class ProbedRoIHeads(RoIHeads):
+    """Faster R-CNN's box head (Ren et al. 2015): softmax over classes + background per proposal.
+
+    ``RoIHeads.forward`` builds its result dicts itself, so the extra outputs are kept from
+    ``postprocess_detections`` and added to those dicts after ``forward``.
+    """
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        boxes, scores, labels = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        counts = [len(p) for p in proposals]
+        probs = F.softmax(class_logits, -1).split(counts)
+        decoded = self.box_coder.decode(box_regression, proposals).split(counts)
+        self._reports = []
+        for index in range(len(proposals)):
+            det = {"boxes": boxes[index], "scores": scores[index], "labels": labels[index]}
+            report(det, probs[index], box_ops.clip_boxes_to_image(decoded[index], image_shapes[index]))
+            self._reports.append(det)
+        return boxes, scores, labels
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        result, losses = super().forward(features, proposals, image_shapes, targets)
+        if not self.training:
+            for det, extra in zip(result, self._reports):
+                det["class_probs"] = extra["class_probs"]
+                det["candidate_scores"] = extra["candidate_scores"]
+        return result, losses
+
+
+PROBES = {FCOS: ProbedFCOS, RetinaNet: ProbedRetinaNet, SSD: ProbedSSD}
+
+
+def probe(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap a torchvision detector (or its RoI heads) to the reporting subclass, in place."""
+    if type(model) in PROBES:
+        model.__class__ = PROBES[type(model)]
+    if isinstance(getattr(model, "roi_heads", None), RoIHeads):
+        model.roi_heads.__class__ = ProbedRoIHeads
+    return model

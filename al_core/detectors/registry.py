@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from .cpu_preset import build_cpu_preset
-from .probing import ProbedFCOS, ProbedRetinaNet
+from .probing import probe
 
 Pretrained = Literal["none", "backbone", "coco"]
 ProbsKind = Literal["softmax", "sigmoid"]
@@ -32,7 +32,7 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """torchvision could not find or download the requested weights."""
 
 
-def _torchvision_builder(model_name: str, probed: type | None = None):
+def _torchvision_builder(model_name: str):
     def build(num_classes: int, image_size: int, pretrained: Pretrained) -> nn.Module:
         kwargs: dict = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
         if pretrained == "coco":
@@ -41,11 +41,7 @@ def _torchvision_builder(model_name: str, probed: type | None = None):
             kwargs["weights_backbone"] = "DEFAULT"
         if model_name.startswith(("fasterrcnn", "retinanet", "fcos")):
             kwargs.update(min_size=image_size, max_size=int(image_size * 1333 / 800))
-        model = torchvision.models.get_model(model_name, **kwargs)
-        if probed is not None:
-            # Same modules and parameters; only post-processing reports more.
-            model.__class__ = probed
-        return model
+        return probe(torchvision.models.get_model(model_name, **kwargs))
 
     return build
 
@@ -67,10 +63,8 @@ DETECTORS: dict[str, DetectorSpec] = {
             800,
             _torchvision_builder("fasterrcnn_mobilenet_v3_large_fpn"),
         ),
-        DetectorSpec(
-            "retinanet_resnet50_fpn", "sigmoid", 800, _torchvision_builder("retinanet_resnet50_fpn", ProbedRetinaNet)
-        ),
-        DetectorSpec("fcos_resnet50_fpn", "sigmoid", 800, _torchvision_builder("fcos_resnet50_fpn", ProbedFCOS)),
+        DetectorSpec("retinanet_resnet50_fpn", "sigmoid", 800, _torchvision_builder("retinanet_resnet50_fpn")),
+        DetectorSpec("fcos_resnet50_fpn", "sigmoid", 800, _torchvision_builder("fcos_resnet50_fpn")),
         DetectorSpec(
             "ssdlite320_mobilenet_v3_large", "softmax", 320, _torchvision_builder("ssdlite320_mobilenet_v3_large")
         ),
