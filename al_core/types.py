@@ -57,12 +57,15 @@ class ImageScore:
     """The informativeness of one image according to one scorer.
 
     ``value`` is the scorer's raw number; ``normalized`` maps it to [0, 1] (1 = most
-    informative) so that scores of different images and models compare.
+    informative) so that scores of different images and models compare. ``parts`` names the
+    numbers the value was made of; ``box_values`` are the per-box values, where there are boxes.
     """
 
     value: float
     normalized: float
     scorer: str
+    aggregation: str | None = None
+    parts: dict[str, float] = field(default_factory=dict)
     box_values: tuple[float, ...] = ()
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from al_core.detectors import Detector
-from al_core.scoring import Scorer
+from al_core.scoring import PoolImage, Scorer, ScoringContext
 from exporters.label_config import LabelConfig
 from exporters.label_studio_regions import detections_to_regions
 
@@ -51,6 +51,7 @@ class Predictor:
         self.batch_size = batch_size
         self.score_threshold = score_threshold
         self.pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="fetch")
+        self.context = ScoringContext(detector=detector)
 
     def predict(self, tasks: list, config: LabelConfig, project_id: int | None) -> list[dict]:
         """One Label Studio prediction per task, in task order. Images are fetched one batch
@@ -82,7 +83,8 @@ class Predictor:
         if not good:
             return []
         detections = self.detector.predict([item.image for item in good])
-        image_scores = self.scorer.score(detections)
+        batch = [PoolImage(str(item.task_id), item.image, det) for item, det in zip(good, detections, strict=True)]
+        image_scores = self.scorer.score_batch(batch, self.context)
         self.metrics.images_scored.inc(len(good))
         scores = []
         for item, det, image_score in zip(good, detections, image_scores):

@@ -26,6 +26,8 @@ class DetectorSpec:
     probs_kind: ProbsKind  # softmax over classes + background, or one sigmoid per class
     default_image_size: int
     build: Callable[[int, int, Pretrained], nn.Module]  # (num_classes, image_size, pretrained)
+    # Parameter-name prefixes of the final prediction layers (influence uses their gradients).
+    last_layers: tuple[str, ...]
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -52,21 +54,34 @@ def _cpu_preset(num_classes: int, image_size: int, pretrained: Pretrained) -> nn
     return build_cpu_preset(num_classes, image_size, pretrained_backbone=pretrained == "backbone")
 
 
+DENSE_LAST = ("head.classification_head.cls_logits", "head.regression_head.bbox_reg")
+RCNN_LAST = ("roi_heads.box_predictor",)
+SSD_LAST = ("head.classification_head", "head.regression_head")
+
 DETECTORS: dict[str, DetectorSpec] = {
     spec.name: spec
     for spec in [
-        DetectorSpec("cpu_preset", "sigmoid", 128, _cpu_preset),
-        DetectorSpec("fasterrcnn_resnet50_fpn", "softmax", 800, _torchvision_builder("fasterrcnn_resnet50_fpn")),
+        DetectorSpec("cpu_preset", "sigmoid", 128, _cpu_preset, DENSE_LAST),
+        DetectorSpec(
+            "fasterrcnn_resnet50_fpn", "softmax", 800, _torchvision_builder("fasterrcnn_resnet50_fpn"), RCNN_LAST
+        ),
         DetectorSpec(
             "fasterrcnn_mobilenet_v3_large_fpn",
             "softmax",
             800,
             _torchvision_builder("fasterrcnn_mobilenet_v3_large_fpn"),
+            RCNN_LAST,
         ),
-        DetectorSpec("retinanet_resnet50_fpn", "sigmoid", 800, _torchvision_builder("retinanet_resnet50_fpn")),
-        DetectorSpec("fcos_resnet50_fpn", "sigmoid", 800, _torchvision_builder("fcos_resnet50_fpn")),
         DetectorSpec(
-            "ssdlite320_mobilenet_v3_large", "softmax", 320, _torchvision_builder("ssdlite320_mobilenet_v3_large")
+            "retinanet_resnet50_fpn", "sigmoid", 800, _torchvision_builder("retinanet_resnet50_fpn"), DENSE_LAST
+        ),
+        DetectorSpec("fcos_resnet50_fpn", "sigmoid", 800, _torchvision_builder("fcos_resnet50_fpn"), DENSE_LAST),
+        DetectorSpec(
+            "ssdlite320_mobilenet_v3_large",
+            "softmax",
+            320,
+            _torchvision_builder("ssdlite320_mobilenet_v3_large"),
+            SSD_LAST,
         ),
     ]
 }

@@ -1,6 +1,10 @@
-"""Informativeness scorers: ``create_scorer(name, **params)`` over the registry ``SCORERS``."""
+"""Informativeness scorers: ``create_scorer(name, **params)`` over the registry ``SCORERS``.
 
-from . import entropy  # noqa: F401  (registers the scorer)
-from .base import SCORERS, Scorer, create_scorer
+Each scorer's docstring cites its method and gives its formula.
+"""
 
-__all__ = ["SCORERS", "Scorer", "create_scorer"]
+from . import consistency, diversity, hierarchical, influence, simple, sl_al_ratio, uncertainty  # noqa: F401
+from .aggregation import AGGREGATIONS
+from .base import SCORERS, PoolImage, Scorer, ScoringContext, create_scorer
+
+__all__ = ["AGGREGATIONS", "SCORERS", "PoolImage", "Scorer", "ScoringContext", "create_scorer"]

@@ -1,23 +1,55 @@
-"""Box scores -> one image score. Each aggregation maps per-box values in [0, 1] to an image
-value and that value to [0, 1] (``normalized``), so images compare whatever their box count."""
+"""Box values -> one image value. Every aggregation takes per-box values in [0, 1] and gives
+(value, normalized), normalized in [0, 1], so images compare whatever their box count.
+
+- ``max``, ``mean``;
+- ``sum``: favours crowded images (which also cost more to label); normalized v / (1 + v);
+- ``weighted``: sum of values weighted by each box's top class probability; v / (1 + v);
+- ``class_balanced``: PPAL's DCUS, sum of w_c * value with difficulty weights w_c in [1, 1.2]
+  from a running per-class quality estimate (``class_quality``); v / (1 + v);
+- ``hierarchical``: HUALE's box -> class -> image: the mean within each class, then the mean
+  over classes, so one class with many confident boxes does not drown a rare uncertain one.
+"""
 
 from __future__ import annotations
 
 import torch
 
-AGGREGATIONS = ("max", "mean", "sum")
+from .class_quality import difficulty_weights
+
+AGGREGATIONS = ("max", "mean", "sum", "weighted", "class_balanced", "hierarchical")
 
 
-def aggregate(box_values: torch.Tensor, how: str) -> tuple[float, float]:
-    """(value, normalized) of non-empty ``box_values`` under ``how``."""
+def check_aggregation(how: str) -> str:
+    if how not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {how!r}; choose one of {AGGREGATIONS}")
+    return how
+
+
+def aggregate(
+    values: torch.Tensor,
+    how: str,
+    top_probs: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    class_quality: torch.Tensor | None = None,
+) -> tuple[float, float]:
+    """(value, normalized) of non-empty per-box ``values``."""
     if how == "max":
-        value = float(box_values.max())
+        value = float(values.max())
         return value, value
     if how == "mean":
-        value = float(box_values.mean())
+        value = float(values.mean())
+        return value, value
+    if how == "hierarchical":
+        per_class = [values[labels == c].mean() for c in labels.unique()]
+        value = float(torch.stack(per_class).mean())
         return value, value
     if how == "sum":
-        # Favours crowded images; value / (1 + value) keeps the order and bounds it.
-        value = float(box_values.sum())
-        return value, value / (1.0 + value)
-    raise ValueError(f"unknown aggregation {how!r}; choose one of {AGGREGATIONS}")
+        value = float(values.sum())
+    elif how == "weighted":
+        value = float((values * top_probs).sum())
+    elif how == "class_balanced":
+        quality = class_quality if class_quality is not None else torch.zeros(int(labels.max()) + 1)
+        value = float((values * difficulty_weights(quality)[labels]).sum())
+    else:
+        check_aggregation(how)
+    return value, value / (1.0 + value)

@@ -5,7 +5,8 @@ import torch
 
 from al_core.scoring import SCORERS, create_scorer
 from al_core.scoring.aggregation import aggregate
-from al_core.scoring.entropy import binary_entropy, categorical_entropy
+from al_core.scoring.base import PoolImage, ScoringContext
+from al_core.scoring.uncertainty import entropy, two_state
 from al_core.types import Detections
 
 
@@ -24,25 +25,29 @@ def _detections(scores, probs=None, kind="sigmoid", candidates=()):
 
 def test_binary_entropy_hand_computed():
     # H(0.5) = log 2 -> 1 after dividing by log 2; H(0.9) = 0.325083 nats -> 0.468996.
-    values = binary_entropy(torch.tensor([0.5, 0.9, 1.0]))
+    values = entropy(two_state(torch.tensor([0.5, 0.9, 1.0])))
     assert values.tolist() == pytest.approx([1.0, 0.468996, 0.0], abs=1e-5)
 
 
 def test_categorical_entropy_hand_computed():
     # Uniform over 4 -> 1; (0.7, 0.1, 0.1, 0.1): 0.940448 nats / log 4 = 0.678388.
-    values = categorical_entropy(torch.tensor([[0.25] * 4, [0.7, 0.1, 0.1, 0.1]]))
+    values = entropy(torch.tensor([[0.25] * 4, [0.7, 0.1, 0.1, 0.1]]))
     assert values.tolist() == pytest.approx([1.0, 0.678388], abs=1e-5)
 
 
+def _score(scorer, *detections):
+    return scorer.score_batch([PoolImage(str(i), None, d) for i, d in enumerate(detections)], ScoringContext())
+
+
 def test_mean_entropy_of_sigmoid_boxes():
-    [score] = create_scorer("entropy").score([_detections([0.5, 0.9])])
+    [score] = _score(create_scorer("entropy"), _detections([0.5, 0.9]))
     assert score.value == pytest.approx((1.0 + 0.468996) / 2, abs=1e-5)
     assert score.normalized == score.value
     assert score.scorer == "entropy" and len(score.box_values) == 2
 
 
 def test_softmax_heads_use_the_class_distribution():
-    [score] = create_scorer("entropy").score([_detections([0.7], probs=[[0.1, 0.7, 0.1, 0.1]], kind="softmax")])
+    [score] = _score(create_scorer("entropy"), _detections([0.7], probs=[[0.1, 0.7, 0.1, 0.1]], kind="softmax"))
     assert score.value == pytest.approx(0.678388, abs=1e-5)
 
 
@@ -57,7 +62,7 @@ def test_aggregations_hand_computed():
 
 def test_image_without_boxes_is_scored_from_candidates_and_finite():
     scorer = create_scorer("entropy", fallback_candidates=2)
-    with_candidates, nothing = scorer.score([_detections([], candidates=[0.5, 0.5, 0.01]), _detections([])])
+    with_candidates, nothing = _score(scorer, _detections([], candidates=[0.5, 0.5, 0.01]), _detections([]))
     assert with_candidates.value == pytest.approx(1.0)
     assert (nothing.value, nothing.normalized) == (0.0, 0.0)
     assert all(math.isfinite(s.value) for s in (with_candidates, nothing))

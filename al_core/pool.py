@@ -1,0 +1,85 @@
+"""Scoring a pool of unlabeled images: streamed in batches, so memory holds one batch of
+images plus the score table (and, for set-level scorers, their compact per-image records)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .detectors import Detector
+from .scoring import PoolImage, Scorer, ScoringContext, create_scorer
+from .selection import Selection, top_k
+from .types import ImageScore
+
+COLD_START_RULE = "cold start: coreset over the pretrained backbone's image features (the head is untrained)"
+
+
+@dataclass
+class ScoredPool:
+    keys: list[str]
+    scores: list[ImageScore]
+    strategy: str
+    rule: str
+    model_version: str
+    seed: int
+
+    def select(self, k: int | None = None) -> Selection:
+        return top_k(self.keys, self.scores, k, self.strategy, self.rule, self.model_version, self.seed)
+
+
+def load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def image_features(detector: Detector, paths: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """(N, D) pooled image features, e.g. of the labeled images for core-set or DAL."""
+    rows = []
+    for start in range(0, len(paths), batch_size):
+        rows += [d.image_features for d in detector.predict([load_rgb(p) for p in paths[start : start + batch_size]])]
+    return torch.stack(rows) if rows else torch.zeros(0)
+
+
+def check_needs(scorer: Scorer, detector: Detector, context: ScoringContext) -> None:
+    if "loss_head" in scorer.needs and not detector.has_loss_head:
+        raise ValueError(f"{scorer.name} needs a detector trained with a loss-prediction head")
+    if "labeled_set" in scorer.needs and not context.labeled and context.labeled_features is None:
+        raise ValueError(f"{scorer.name} needs the labeled images (--labeled)")
+
+
+def score_pool(
+    detector: Detector,
+    paths: Sequence[str],
+    strategy: str = "entropy",
+    params: dict | None = None,
+    context: ScoringContext | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> ScoredPool:
+    """Score every image of ``paths`` with ``strategy``; keys are the paths.
+
+    Before the head's first training, scorers that need a trained head would rank noise: the
+    cold-start rule (core-set) runs instead, and ``rule`` says so.
+    """
+    context = context or ScoringContext()
+    context.detector = detector
+    scorer = create_scorer(strategy, **(params or {}))
+    rule = strategy
+    if "trained_head" in scorer.needs and not detector.version.trained:
+        scorer, rule = create_scorer("coreset"), COLD_START_RULE
+    check_needs(scorer, detector, context)
+    if context.labeled and context.labeled_features is None and scorer.needs & {"labeled_set", "image_features"}:
+        context.labeled_features = image_features(detector, [s.path for s in context.labeled], batch_size)
+    scores: list[ImageScore] = []
+    for start in tqdm(range(0, len(paths), batch_size), desc=f"scoring ({rule})", disable=not progress):
+        chunk = paths[start : start + batch_size]
+        images = [load_rgb(p) for p in chunk]
+        detections = detector.predict(images) if scorer.uses_detections else [None] * len(images)
+        batch = [PoolImage(p, image, det) for p, image, det in zip(chunk, images, detections, strict=True)]
+        scores += scorer.score_batch(batch, context)
+    scores = scorer.finish(scores, context)
+    return ScoredPool(list(paths), scores, strategy, rule, detector.version.name, context.seed)

@@ -1,0 +1,182 @@
+"""Scorers that judge an image against the whole pool: core-set diversity, a labeled-vs-
+unlabeled discriminator, and PPAL's uncertainty-then-diversity."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..selection import k_center_greedy
+from ..types import ImageScore
+from .base import PoolImage, Scorer, ScoringContext, create_scorer, register
+
+
+def _unit(features: torch.Tensor) -> torch.Tensor:
+    return F.normalize(features.float(), dim=-1)
+
+
+@register
+class CoresetScorer(Scorer):
+    """Core-set (Sener & Savarese, ICLR 2018): k-center greedy over L2-normalised image features,
+    starting from the labeled images. The first ``budget`` picks get their distance to the
+    selected set when picked (decreasing, so sorting by value gives the greedy order); the other
+    images their final distance to the selected set. Also the cold-start rule: it needs no
+    trained head."""
+
+    name = "coreset"
+    needs = frozenset({"image_features"})
+
+    def __init__(self) -> None:
+        self._features: list[torch.Tensor] = []
+
+    def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
+        self._features += [_unit(item.detections.image_features) for item in batch]
+        return [ImageScore(0.0, 0.0, self.name) for _ in batch]
+
+    def finish(self, scores: list[ImageScore], context: ScoringContext) -> list[ImageScore]:
+        if not self._features:
+            return scores
+        pool = torch.stack(self._features)
+        initial = None
+        if context.labeled_features is not None and len(context.labeled_features):
+            initial = torch.cdist(pool, _unit(context.labeled_features)).min(dim=1).values
+        picked, at_pick = k_center_greedy(
+            len(pool), lambda i: torch.cdist(pool, pool[i : i + 1])[:, 0], context.budget, initial
+        )
+        # Only the very first pick without labeled images has an infinite distance: rank it first.
+        at_pick = at_pick.nan_to_num(posinf=2.0)
+        selected = set(picked)
+        return [
+            ImageScore(float(d), min(float(d) / 2.0, 1.0), self.name, None, {"picked": float(i in selected)})
+            for i, d in enumerate(at_pick.tolist())
+        ]
+
+
+@register
+class DiscriminativeScorer(Scorer):
+    """Discriminative Active Learning (Gissin & Shalev-Shwartz, 2019): a small classifier on image
+    features learns labeled (0) vs unlabeled (1); images most confidently "unlabeled" are the
+    least like what the model has seen. Score = P(unlabeled | features)."""
+
+    name = "discriminative"
+    needs = frozenset({"image_features", "labeled_set"})
+
+    def __init__(self, steps: int = 300, hidden: int = 64):
+        self.steps, self.hidden = steps, hidden
+        self._features: list[torch.Tensor] = []
+
+    def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
+        self._features += [item.detections.image_features.float() for item in batch]
+        return [ImageScore(0.0, 0.0, self.name) for _ in batch]
+
+    def finish(self, scores: list[ImageScore], context: ScoringContext) -> list[ImageScore]:
+        if context.labeled_features is None or not len(context.labeled_features):
+            raise ValueError("discriminative needs labeled images to tell apart from the pool")
+        if not self._features:
+            return scores
+        unlabeled, labeled = torch.stack(self._features), context.labeled_features.float()
+        x = torch.cat([labeled, unlabeled])
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+        x = (x - mean) / std
+        y = torch.cat([torch.zeros(len(labeled)), torch.ones(len(unlabeled))])
+        # Balance the two sides so a large pool does not make "unlabeled" the easy answer.
+        weight = torch.where(y == 1, len(x) / (2 * len(unlabeled)), len(x) / (2 * len(labeled)))
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.manual_seed(context.seed)
+            net = nn.Sequential(nn.Linear(x.shape[1], self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
+            optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
+            for _ in range(self.steps):
+                loss = F.binary_cross_entropy_with_logits(net(x).squeeze(1), y, weight=weight)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            p_unlabeled = torch.sigmoid(net(x[len(labeled) :]).squeeze(1))
+        return [ImageScore(p, p, self.name) for p in p_unlabeled.tolist()]
+
+
+@dataclass
+class _BoxRecord:
+    labels: torch.Tensor
+    scores: torch.Tensor
+    features: torch.Tensor  # L2-normalised
+
+
+def ppal_distances(records: Sequence[_BoxRecord]) -> torch.Tensor:
+    """PPAL's category-conditioned matching distance between every pair of images.
+
+    d(A->B) = sum_a s_a * min_{b in B, same class} (1 - cos(f_a, f_b)) / sum_a s_a, where the
+    min is 2 when B has no box of a's class; D = (d(A->B) + d(B->A)) / 2. d(A->B) = 0 when A
+    has no box.
+    """
+    n = len(records)
+    owners = torch.cat([torch.full((len(r.labels),), i) for i, r in enumerate(records)])
+    if owners.numel() == 0:
+        return torch.zeros(n, n)
+    labels = torch.cat([r.labels for r in records])
+    scores = torch.cat([r.scores for r in records])
+    features = torch.cat([r.features for r in records])
+    cost = (1 - features @ features.T).clamp(0, 2)
+    cost = torch.where(labels[:, None] == labels[None, :], cost, torch.full_like(cost, 2.0))
+    # nearest[a, B] = min over boxes b of image B of cost[a, b] (2 when B has no such box)
+    nearest = torch.full((len(labels), n), 2.0).scatter_reduce(1, owners.expand(len(labels), -1), cost, "amin")
+    weighted = torch.zeros(n, n).index_add_(0, owners, scores[:, None] * nearest)
+    totals = torch.zeros(n).index_add_(0, owners, scores)
+    one_way = torch.where(totals[:, None] > 0, weighted / totals.clamp_min(1e-12)[:, None], torch.zeros(n, n))
+    return (one_way + one_way.T) / 2
+
+
+@register
+class UncertaintyDiversityScorer(Scorer):
+    """PPAL (Yang et al., CVPR 2024): the top ``candidates_factor`` x budget images by an
+    uncertainty scorer, then k-center greedy over them with the category-conditioned matching
+    distance on box features, starting from the most uncertain. The picks come first (value
+    2 - rank / budget, in (1, 2]); the other images keep their uncertainty (<= 1).
+    normalized = value / 2."""
+
+    name = "uncertainty_diversity"
+    needs = frozenset({"trained_head", "class_probs", "box_features"})
+
+    def __init__(self, uncertainty: str = "entropy", aggregation: str = "class_balanced", candidates_factor: int = 4):
+        self.uncertainty = create_scorer(uncertainty, aggregation=aggregation)
+        self.candidates_factor = candidates_factor
+        self._heap: list[tuple[float, int, _BoxRecord]] = []  # the most uncertain, bounded
+        self._seen = 0
+
+    def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
+        scores = self.uncertainty.score_batch(batch, context)
+        keep = self.candidates_factor * context.budget
+        for item, score in zip(batch, scores, strict=True):
+            det = item.detections.above(0.05)
+            record = _BoxRecord(det.labels, det.scores, _unit(det.box_features))
+            entry = (score.normalized, -self._seen, record)  # earlier images win ties
+            self._seen += 1
+            if len(self._heap) < keep:
+                heapq.heappush(self._heap, entry)
+            elif entry[:2] > self._heap[0][:2]:
+                heapq.heapreplace(self._heap, entry)
+        return scores
+
+    def finish(self, scores: list[ImageScore], context: ScoringContext) -> list[ImageScore]:
+        if not self._heap:
+            return scores
+        candidates = sorted(self._heap, key=lambda e: (-e[0], -e[1]))
+        positions = [-e[1] for e in candidates]
+        distances = ppal_distances([e[2] for e in candidates])
+        picked, _ = k_center_greedy(len(candidates), lambda i: distances[:, i], context.budget, first=0)
+        final = [
+            ImageScore(s.normalized, s.normalized / 2, self.name, s.aggregation, {"uncertainty": s.normalized})
+            for s in scores
+        ]
+        for rank, index in enumerate(picked):
+            position = positions[index]
+            uncertainty = scores[position].normalized
+            value = 2.0 - rank / max(context.budget, 1)
+            parts = {"uncertainty": uncertainty, "diversity_rank": float(rank + 1)}
+            final[position] = ImageScore(value, value / 2, self.name, scores[position].aggregation, parts)
+        return final

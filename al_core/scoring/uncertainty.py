@@ -1,0 +1,97 @@
+"""Uncertainty of the detector's class predictions, per box, aggregated to the image.
+
+Each box is seen as a class distribution q: for softmax heads (Faster R-CNN, SSD) its row over
+classes + background; for sigmoid heads (RetinaNet, FCOS) the two-state [s, 1 - s] of its score,
+as PPAL and Brust et al. 2018 do. An image without boxes is scored from its top pre-NMS
+candidate scores as two-state distributions, averaged (MI-AOD scores anchors), so every image
+gets a finite score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..types import Detections, ImageScore
+from .aggregation import aggregate, check_aggregation
+from .base import PoolImage, Scorer, ScoringContext, register
+
+
+def two_state(p: torch.Tensor) -> torch.Tensor:
+    return torch.stack([p, 1 - p], dim=-1)
+
+
+def box_distributions(detections: Detections) -> torch.Tensor:
+    """(N, K) class distribution of each box (see the module docstring)."""
+    if detections.probs_kind == "softmax" and detections.class_probs is not None:
+        return detections.class_probs
+    return two_state(detections.scores)
+
+
+def entropy(q: torch.Tensor) -> torch.Tensor:
+    """-sum_k q_k log q_k / log K, in [0, 1]; xlogy(0, 0) = 0 keeps certain boxes at 0."""
+    return -torch.special.xlogy(q, q).sum(dim=-1) / math.log(q.shape[-1])
+
+
+def least_confidence(q: torch.Tensor) -> torch.Tensor:
+    """(1 - max_k q_k) * K / (K - 1), in [0, 1]."""
+    k = q.shape[-1]
+    return (1 - q.max(dim=-1).values) * k / (k - 1)
+
+
+def margin(q: torch.Tensor) -> torch.Tensor:
+    """1 - (q_1 - q_2), the two largest probabilities: a small margin is informative."""
+    top2 = q.topk(2, dim=-1).values
+    return 1 - (top2[..., 0] - top2[..., 1])
+
+
+class UncertaintyScorer(Scorer):
+    needs = frozenset({"trained_head", "class_probs"})
+
+    def __init__(self, aggregation: str = "mean", fallback_candidates: int = 10):
+        self.aggregation = check_aggregation(aggregation)
+        self.fallback_candidates = fallback_candidates
+
+    @staticmethod
+    def box_values(q: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
+        return [self.score_detections(item.detections, context.class_quality) for item in batch]
+
+    def score_detections(self, det: Detections, class_quality: torch.Tensor | None = None) -> ImageScore:
+        if len(det):
+            values = self.box_values(box_distributions(det))
+            value, normalized = aggregate(values, self.aggregation, det.scores, det.labels, class_quality)
+            return ImageScore(
+                value, normalized, self.name, self.aggregation, {"boxes": float(len(det))}, tuple(values.tolist())
+            )
+        candidates = det.candidate_scores[: self.fallback_candidates]
+        value = float(self.box_values(two_state(candidates)).mean()) if candidates.numel() else 0.0
+        return ImageScore(value, value, self.name, self.aggregation, {"boxes": 0.0, "from_candidates": 1.0})
+
+
+@register
+class EntropyScorer(UncertaintyScorer):
+    """Entropy of each box's class distribution (Brust et al. 2018; PPAL's baseline)."""
+
+    name = "entropy"
+    box_values = staticmethod(entropy)
+
+
+@register
+class LeastConfidenceScorer(UncertaintyScorer):
+    """Least confidence, 1 - max_k q_k, rescaled to [0, 1] (Settles 2009's baseline)."""
+
+    name = "least_confidence"
+    box_values = staticmethod(least_confidence)
+
+
+@register
+class MarginScorer(UncertaintyScorer):
+    """Margin sampling: 1 - (q_1 - q_2) of the two most likely classes (Scheffer et al. 2001)."""
+
+    name = "margin"
+    box_values = staticmethod(margin)
