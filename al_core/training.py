@@ -16,6 +16,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from .detectors import Detector
+from .detectors.loss_head import pair_ranking_loss
 from .types import LabeledImage
 
 
@@ -28,6 +29,12 @@ class TrainConfig:
     warmup_iters: int = 50
     seed: int = 0
     num_workers: int = 0
+    # Learning loss (used when the detector has a loss head): lambda of the pair ranking loss,
+    # its margin, and the fraction of training after which the head stops sending gradient
+    # into the detector (0 = detached from the start).
+    loss_weight: float = 1.0
+    loss_margin: float = 1.0
+    loss_head_detach_after: float = 0.6
 
 
 @dataclass
@@ -60,6 +67,30 @@ class DetectionDataset(Dataset):
 
 def _collate(batch):
     return tuple(zip(*batch))
+
+
+def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+    """(B,) the detector's loss on each image alone, and each image's FPN maps.
+
+    torchvision's detection models return losses averaged over the batch, so each image gets
+    its own forward pass: its loss is exactly what torchvision computes for it. For heads that
+    average per-image losses (RetinaNet) their mean equals the batch loss.
+    """
+    losses, maps = [], []
+    for image, target in zip(images, targets, strict=True):
+        losses.append(sum(detector.model([image], [target]).values()))
+        maps.append(list(detector.features.values()))
+    return torch.stack(losses), maps
+
+
+def _step_loss(detector: Detector, images, targets, config: TrainConfig, fraction_done: float) -> torch.Tensor:
+    if not detector.has_loss_head:
+        return sum(detector.model(images, targets).values())
+    true_losses, maps = per_image_losses(detector, images, targets)
+    detach = fraction_done >= config.loss_head_detach_after
+    predicted = torch.cat([detector.model.loss_head([m.detach() if detach else m for m in ms]) for ms in maps])
+    ranking = pair_ranking_loss(predicted, true_losses, config.loss_margin)
+    return true_losses.mean() + config.loss_weight * ranking
 
 
 def train_detector(
@@ -128,4 +159,5 @@ def train_detector(
     finally:
         bar.close()
         model.eval()
+    detector.mark_trained()
     return TrainResult(config.epochs, step, loss_value, time.perf_counter() - start)

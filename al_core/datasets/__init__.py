@@ -3,3 +3,6 @@
 from .shapes import SHAPE_CLASSES, generate_shapes
 
 __all__ = ["SHAPE_CLASSES", "generate_shapes"]
+from .readers import Dataset, DatasetError, read_dataset  # noqa: E402
+
+__all__ += ["Dataset", "DatasetError", "read_dataset"]

@@ -1,0 +1,107 @@
+"""`python -m al_core`: score a pool of images, or train a detector, from the command line.
+
+python -m al_core score --checkpoint model.pt --images pool/ --strategy entropy --out ranked.csv
+python -m al_core train --images train.json --out model.pt --epochs 12 [--loss-head]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+from .datasets import DatasetError, read_dataset
+from .detectors import DETECTORS, Detector
+from .scoring import AGGREGATIONS, SCORERS, ScoringContext
+from .training import TrainConfig, train_detector
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--param takes key=value, got {text!r}")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m al_core", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="rank unlabeled images by informativeness, write a CSV")
+    score.add_argument("--checkpoint", required=True, help="a checkpoint saved by this project")
+    score.add_argument("--images", required=True, help="a folder, a COCO / Label Studio JSON file, or a VOC folder")
+    score.add_argument("--image-root", help="folder that paths inside a JSON file are relative to")
+    score.add_argument("--strategy", default="entropy", choices=sorted(SCORERS))
+    score.add_argument("--aggregation", choices=AGGREGATIONS, help="box -> image aggregation of uncertainty scorers")
+    score.add_argument("--param", action="append", type=_param, default=[], help="scorer parameter key=value")
+    score.add_argument("--labeled", help="the labeled images (same forms as --images), for scorers that need them")
+    score.add_argument("--budget", type=int, default=100, help="images to select")
+    score.add_argument("--batch-size", type=int, default=16)
+    score.add_argument("--seed", type=int, default=0)
+    score.add_argument("--device", default="auto")
+    score.add_argument("--out", required=True, help="CSV to write: image, score (decreasing), ...")
+
+    train = commands.add_parser("train", help="train a detector on labeled images, save a checkpoint")
+    train.add_argument("--images", required=True, help="a COCO / Label Studio JSON file or a VOC folder")
+    train.add_argument("--image-root")
+    train.add_argument("--detector", default="cpu_preset", choices=sorted(DETECTORS))
+    train.add_argument("--pretrained", default="backbone", choices=["none", "backbone", "coco"])
+    train.add_argument("--loss-head", action="store_true", help="train a learning-loss head with the detector")
+    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--version", default="v1", help="version name stored in the checkpoint")
+    train.add_argument("--out", required=True)
+    return parser
+
+
+def score_command(args: argparse.Namespace) -> int:
+    from exporters.csv_export import write_selection_csv
+
+    from .pool import score_pool
+
+    detector = Detector.load(args.checkpoint, device=args.device)
+    pool = read_dataset(args.images, args.image_root)
+    labeled = read_dataset(args.labeled, args.image_root).images if args.labeled else ()
+    params = dict(args.param)
+    if args.aggregation:
+        params["aggregation"] = args.aggregation
+    context = ScoringContext(labeled=labeled, budget=args.budget, seed=args.seed)
+    scored = score_pool(detector, pool.paths, args.strategy, params, context, args.batch_size, progress=True)
+    selection = scored.select()
+    path = write_selection_csv(selection, args.out)
+    print(f"{len(selection.images)} images ranked by {selection.rule} with {selection.model_version} -> {path}")
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    import torch
+
+    data = read_dataset(args.images, args.image_root)
+    if not data.class_names:
+        raise DatasetError(f"{args.images} has no labeled boxes to train on")
+    torch.manual_seed(args.seed)
+    detector = Detector.create(
+        args.detector, data.class_names, args.pretrained, device=args.device, loss_head=args.loss_head
+    )
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    result = train_detector(detector, data.images, config, show_progress=True)
+    detector.save(args.out, args.version)
+    print(
+        f"trained {result.iterations} steps in {result.seconds:.0f} s (last loss {result.final_loss:.3f}) -> {args.out}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"score": score_command, "train": train_command}[args.command](args)
+    except (DatasetError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,192 @@
+"""Readers of labeled (and unlabeled) image sets into one in-memory form: ``Dataset``.
+
+- a folder of images (no boxes): every image file under it, sorted;
+- COCO JSON (``images``, ``annotations``, ``categories``; bbox = [x, y, width, height]);
+- Pascal VOC: a folder with ``Annotations/*.xml`` (1-based pixel corners) and the images;
+- a Label Studio JSON export (a list of tasks): RectangleLabels of each task's latest
+  non-cancelled annotation, ground-truth annotations first.
+Paths in COCO and Label Studio files are resolved against ``image_root`` (default: the file's
+folder); Label Studio's ``/data/local-files/?d=x`` -> ``image_root/x``, ``/data/upload/p/f`` ->
+``image_root/upload/p/f`` (``image_root`` = Label Studio's media folder).
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import torch
+
+from ..types import LabeledImage
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class DatasetError(ValueError):
+    """A data set file that cannot be read as it is; the message says where and why."""
+
+
+@dataclass
+class Dataset:
+    images: list[LabeledImage]
+    class_names: tuple[str, ...]
+
+    @property
+    def paths(self) -> list[str]:
+        return [image.path for image in self.images]
+
+
+def _labeled(path: Path, boxes: list[list[float]], labels: list[int]) -> LabeledImage:
+    return LabeledImage(
+        str(path),
+        torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        torch.tensor(labels, dtype=torch.int64),
+    )
+
+
+def _check_box(box: list[float], width: float, height: float, where: str) -> None:
+    x0, y0, x1, y1 = box
+    if not (x1 > x0 and y1 > y0):
+        raise DatasetError(f"{where}: empty box {box}")
+    if width and height and (x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1):
+        raise DatasetError(f"{where}: box {box} lies outside the {width:g}x{height:g} image")
+
+
+def _existing(path: Path, where: str) -> Path:
+    if not path.is_file():
+        raise DatasetError(f"{where}: image file {path} does not exist")
+    return path
+
+
+def read_folder(folder: Path) -> Dataset:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return Dataset([_labeled(p, [], []) for p in paths], ())
+
+
+def read_coco(path: Path, image_root: Path | None = None) -> Dataset:
+    root = image_root or path.parent
+    try:
+        data = json.loads(path.read_text())
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        index = {c["id"]: i for i, c in enumerate(categories)}
+        per_image = {img["id"]: ([], []) for img in data["images"]}
+        sizes = {img["id"]: (img.get("width", 0), img.get("height", 0)) for img in data["images"]}
+        for ann in data["annotations"]:
+            where = f"{path.name}: annotation {ann.get('id')}"
+            if ann["category_id"] not in index:
+                raise DatasetError(f"{where}: unknown category_id {ann['category_id']}")
+            if ann["image_id"] not in per_image:
+                raise DatasetError(f"{where}: unknown image_id {ann['image_id']}")
+            x, y, w, h = ann["bbox"]
+            _check_box([x, y, x + w, y + h], *sizes[ann["image_id"]], where)
+            per_image[ann["image_id"]][0].append([x, y, x + w, y + h])
+            per_image[ann["image_id"]][1].append(index[ann["category_id"]])
+        images = [
+            _labeled(_existing(root / img["file_name"], path.name), *per_image[img["id"]]) for img in data["images"]
+        ]
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, DatasetError):
+            raise
+        raise DatasetError(f"{path} is not a valid COCO file: {type(error).__name__} {error}") from None
+    return Dataset(images, tuple(c["name"] for c in categories))
+
+
+def read_voc(folder: Path) -> Dataset:
+    files = sorted((folder / "Annotations").glob("*.xml"))
+    records, names = [], set()
+    for file in files:
+        try:
+            root = ET.parse(file).getroot()
+            size = root.find("size")
+            width, height = (float(size.findtext(k)) for k in ("width", "height")) if size is not None else (0, 0)
+            objects = []
+            for obj in root.iter("object"):
+                bb = obj.find("bndbox")
+                box = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+                box = [box[0] - 1, box[1] - 1, box[2], box[3]]  # VOC corners are 1-based, inclusive
+                _check_box(box, width, height, file.name)
+                objects.append((obj.findtext("name").strip(), box))
+                names.add(objects[-1][0])
+            filename = root.findtext("filename")
+        except (ET.ParseError, AttributeError, TypeError, ValueError) as error:
+            if isinstance(error, DatasetError):
+                raise
+            raise DatasetError(f"{file} is not a valid VOC annotation: {error}") from None
+        candidates = [folder / "JPEGImages" / filename, folder / filename]
+        image = next((c for c in candidates if c.is_file()), None)
+        if image is None:
+            raise DatasetError(f"{file.name}: image file {filename} not found under {folder}")
+        records.append((image, objects))
+    class_names = tuple(sorted(names))
+    return Dataset(
+        [_labeled(image, [b for _, b in objs], [class_names.index(n) for n, _ in objs]) for image, objs in records],
+        class_names,
+    )
+
+
+def label_studio_image_path(url: str, root: Path) -> Path:
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        raise DatasetError(f"{url}: download remote images first; this reader reads local files")
+    if parts.path.startswith("/data/local-files"):
+        return root / parse_qs(parts.query).get("d", [""])[0]
+    if parts.path.startswith("/data/"):
+        return root / parts.path[len("/data/") :]
+    return root / url
+
+
+def read_label_studio(path: Path, image_root: Path | None = None, image_key: str | None = None) -> Dataset:
+    from exporters.label_studio_regions import percent_to_box  # the one place that converts
+
+    root = image_root or path.parent
+    try:
+        tasks = json.loads(path.read_text())
+        if not isinstance(tasks, list):
+            raise DatasetError(f"{path}: a Label Studio JSON export is a list of tasks")
+        rows, names = [], set()
+        for task in tasks:
+            data = task["data"]
+            key = image_key or next(k for k, v in data.items() if isinstance(v, str))
+            image = _existing(label_studio_image_path(data[key], root), f"{path.name}: task {task.get('id')}")
+            annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+            annotations.sort(key=lambda a: (bool(a.get("ground_truth")), a.get("updated_at") or "", a.get("id") or 0))
+            regions = annotations[-1]["result"] if annotations else []
+            objects = []
+            for region in regions:
+                if region.get("type") != "rectanglelabels":
+                    continue
+                value = region["value"]
+                box = list(percent_to_box(value, region["original_width"], region["original_height"]))
+                _check_box(box, region["original_width"], region["original_height"], f"task {task.get('id')}")
+                objects.append((value["rectanglelabels"][0], box))
+                names.add(value["rectanglelabels"][0])
+            rows.append((image, objects))
+    except (KeyError, TypeError, ValueError, StopIteration) as error:
+        if isinstance(error, DatasetError):
+            raise
+        raise DatasetError(f"{path} is not a valid Label Studio export: {type(error).__name__} {error}") from None
+    class_names = tuple(sorted(names))
+    return Dataset(
+        [_labeled(image, [b for _, b in objs], [class_names.index(n) for n, _ in objs]) for image, objs in rows],
+        class_names,
+    )
+
+
+def read_dataset(source: str | Path, image_root: str | Path | None = None) -> Dataset:
+    """Any of the supported forms, told apart by what ``source`` is."""
+    source = Path(source)
+    root = Path(image_root) if image_root else None
+    if source.is_dir():
+        return read_voc(source) if (source / "Annotations").is_dir() else read_folder(source)
+    if not source.is_file():
+        raise DatasetError(f"{source} does not exist")
+    if source.suffix.lower() != ".json":
+        raise DatasetError(f"{source}: give a folder, a COCO or Label Studio .json file, or a VOC folder")
+    try:
+        head = json.loads(source.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{source} is not valid JSON: {error}") from None
+    return read_label_studio(source, root) if isinstance(head, list) else read_coco(source, root)
