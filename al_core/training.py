@@ -74,7 +74,8 @@ def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor,
 
     torchvision's detection models return losses averaged over the batch, so each image gets
     its own forward pass: its loss is exactly what torchvision computes for it. For heads that
-    average per-image losses (RetinaNet) their mean equals the batch loss.
+    average per-image losses (RetinaNet) their mean equals the batch loss, as long as batch-norm
+    statistics are frozen (torchvision's FrozenBatchNorm2d, the default with pretrained weights).
     """
     losses, maps = [], []
     for image, target in zip(images, targets, strict=True):

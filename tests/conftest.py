@@ -15,18 +15,18 @@ from pathlib import Path
 
 import jwt
 import pytest
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TORCH_HOME", str(ROOT / "data" / "torch_home"))
 subprocess.run([sys.executable, str(ROOT / "scripts" / "offline_weights.py")], check=True, capture_output=True)
 
+from al_core import cli  # noqa: E402
 from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
 from al_core.detectors import Detector  # noqa: E402
-from al_core.training import TrainConfig, train_detector  # noqa: E402
 from backend.app import create_app  # noqa: E402
 from backend.settings import Settings  # noqa: E402
+from exporters.coco import write_coco  # noqa: E402
 
 SHAPES_CONFIG = """<View>
   <Image name="img" value="$picture"/>
@@ -143,13 +143,17 @@ def untrained_detector():
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(shapes, tmp_path_factory) -> Path:
-    """The CPU preset trained on the generated shapes (about 45 s on 2 CPU cores)."""
-    torch.manual_seed(0)  # the head's initialisation must not depend on which tests ran first
-    detector = Detector.create("cpu_preset", SHAPE_CLASSES)
-    train_detector(detector, shapes["train"], TrainConfig(epochs=12, batch_size=4, seed=0))
+def shapes_coco(shapes) -> Path:
+    return write_coco(shapes["train"], SHAPE_CLASSES, shapes["root"] / "train.json")
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(shapes_coco, tmp_path_factory) -> Path:
+    """The CPU preset with a learning-loss head, trained on the generated shapes through the
+    command line (about 45 s on 2 CPU cores)."""
     path = tmp_path_factory.mktemp("model") / "shapes.pt"
-    detector.save(path, "shapes-v1")
+    command = ["train", "--images", str(shapes_coco), "--out", str(path), "--epochs", "12", "--loss-head"]
+    assert cli.main([*command, "--version", "shapes-v1", "--seed", "0"]) == 0
     return path
 
 

@@ -35,9 +35,11 @@ def test_class_probs_belong_to_each_kept_box(untrained_detector):
     assert torch.allclose(own, det.scores)
 
 
-def test_checkpoint_round_trip_predicts_the_same(untrained_detector, tmp_path):
+def test_checkpoint_round_trip_predicts_the_same(tmp_path):
+    untrained_detector = Detector.create("cpu_preset", SHAPE_CLASSES)
     path = tmp_path / "model.pt"
     untrained_detector.save(path, "v-test")
+    assert untrained_detector.version.name == "v-test" and untrained_detector.version.checkpoint == str(path)
     loaded = Detector.load(path)
     assert loaded.version.name == "v-test" and loaded.class_names == SHAPE_CLASSES
     image = Image.new("RGB", (128, 128), (50, 60, 70))
@@ -73,7 +75,7 @@ def _keep_every_box(model):
 def registry_detectors():
     torch.manual_seed(0)
     built = {}
-    for name, spec in DETECTORS.items():
+    for name in DETECTORS:
         has_fpn = name != "ssdlite320_mobilenet_v3_large"
         detector = Detector.create(name, ["car", "person"], pretrained="none", image_size=128, loss_head=has_fpn)
         _keep_every_box(detector.model)

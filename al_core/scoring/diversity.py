@@ -61,7 +61,8 @@ class CoresetScorer(Scorer):
 class DiscriminativeScorer(Scorer):
     """Discriminative Active Learning (Gissin & Shalev-Shwartz, 2019): a small classifier on image
     features learns labeled (0) vs unlabeled (1); images most confidently "unlabeled" are the
-    least like what the model has seen. Score = P(unlabeled | features)."""
+    least like what the model has seen. Score = P(unlabeled | features). Training stops at 98%
+    (class-balanced) training accuracy, as in DAL, so the classifier does not memorise the pool."""
 
     name = "discriminative"
     needs = frozenset({"image_features", "labeled_set"})
@@ -89,9 +90,14 @@ class DiscriminativeScorer(Scorer):
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(context.seed)
             net = nn.Sequential(nn.Linear(x.shape[1], self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
-            optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4)
+            optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
             for _ in range(self.steps):
-                loss = F.binary_cross_entropy_with_logits(net(x).squeeze(1), y, weight=weight)
+                logits = net(x).squeeze(1)
+                # DAL stops at 98% training accuracy: past it the net memorises the pool itself.
+                correct = ((logits > 0).float() == y).float()
+                if float((correct * weight).sum() / weight.sum()) >= 0.98:
+                    break
+                loss = F.binary_cross_entropy_with_logits(logits, y, weight=weight)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
