@@ -78,7 +78,10 @@ def score_pool(
     for start in tqdm(range(0, len(paths), batch_size), desc=f"scoring ({rule})", disable=not progress):
         chunk = paths[start : start + batch_size]
         images = [load_rgb(p) for p in chunk]
-        detections = detector.predict(images) if scorer.uses_detections else [None] * len(images)
+        if scorer.uses_detections:
+            detections = detector.predict(images, box_features="box_features" in scorer.needs)
+        else:
+            detections = [None] * len(images)
         batch = [PoolImage(p, image, det) for p, image, det in zip(chunk, images, detections, strict=True)]
         scores += scorer.score_batch(batch, context)
     scores = scorer.finish(scores, context)

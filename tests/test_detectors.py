@@ -87,7 +87,7 @@ def registry_detectors():
 def test_every_registry_detector_reports_what_scorers_need(registry_detectors, name):
     detector = registry_detectors[name]
     images = [Image.new("RGB", (160, 120), (90, 90, 90)), Image.effect_noise((128, 128), 80).convert("RGB")]
-    detections = detector.predict(images)
+    detections = detector.predict(images, box_features=True)
     assert [d.image_size for d in detections] == [(160, 120), (128, 128)]
     for det in detections:
         n = len(det)
@@ -117,7 +117,7 @@ def test_loss_head_needs_an_fpn():
 def test_box_features_are_pooled_where_the_model_saw_the_box(registry_detectors):
     """Boxes come back in original pixels; their features must be pooled at the resized place."""
     detector = registry_detectors["fcos_resnet50_fpn"]  # resizes 256 px images to 128
-    [det] = detector.predict([Image.effect_noise((256, 256), 80).convert("RGB")])
+    [det] = detector.predict([Image.effect_noise((256, 256), 80).convert("RGB")], box_features=True)
     maps = detector.features
     pooler = MultiScaleRoIAlign(list(maps), output_size=1, sampling_ratio=2)
     expected = pooler(maps, [det.boxes[:5] * 0.5], [(128, 128)]).flatten(1)

@@ -133,8 +133,9 @@ class Detector:
         self._resized_sizes = list(output[0].image_sizes)
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[Image.Image]) -> list[Detections]:
-        """Detections for RGB images, in the given order, in one forward pass."""
+    def predict(self, images: Sequence[Image.Image], box_features: bool = False) -> list[Detections]:
+        """Detections for RGB images, in the given order, in one forward pass; with
+        ``box_features``, each box's RoI-pooled features too (only diversity scorers use them)."""
         if not images:
             return []
         tensors = [to_tensor(image).to(self.device) for image in images]
@@ -144,9 +145,9 @@ class Detector:
             maps = list(self.features.values())
             pooled = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
             predicted_loss = self.model.loss_head(maps).tolist() if self.has_loss_head else [None] * len(images)
-            box_features = self._box_features(outputs, images)
+            per_box = self._box_features(outputs, images) if box_features else [None] * len(images)
         return [
-            self._to_detections(out, image, pooled[i], box_features[i], predicted_loss[i])
+            self._to_detections(out, image, pooled[i], per_box[i], predicted_loss[i])
             for i, (out, image) in enumerate(zip(outputs, images, strict=True))
         ]
 
@@ -179,6 +180,6 @@ class Detector:
             probs_kind=self.probs_kind,
             candidate_scores=out.get("candidate_scores", torch.zeros(0)).float(),
             image_features=pooled.float().cpu(),
-            box_features=box_features[keep.to(box_features.device)].float().cpu(),
+            box_features=None if box_features is None else box_features[keep.to(box_features.device)].float().cpu(),
             predicted_loss=predicted_loss,
         )

@@ -134,3 +134,13 @@ def probe(model: torch.nn.Module) -> torch.nn.Module:
     if isinstance(getattr(model, "roi_heads", None), RoIHeads):
         model.roi_heads.__class__ = ProbedRoIHeads
     return model
+
+
+def unprobe(model: torch.nn.Module) -> torch.nn.Module:
+    """Back to torchvision's own classes, in place (benchmarks compare against these)."""
+    plain = {probed: base for base, probed in PROBES.items()}
+    if type(model) in plain:
+        model.__class__ = plain[type(model)]
+    if isinstance(getattr(model, "roi_heads", None), ProbedRoIHeads):
+        model.roi_heads.__class__ = RoIHeads
+    return model
