@@ -26,6 +26,8 @@ def test_every_strategy_ranks_a_folder_from_the_command_line(
     out = tmp_path / f"{strategy}.csv"
     command = ["score", "--checkpoint", str(trained_checkpoint), "--images", str(pool_folder), "--strategy", strategy]
     command += ["--labeled", str(shapes_coco), "--budget", "5", "--out", str(out)]
+    if strategy == "weighted":
+        command += ["--param", "weights={'entropy': 2.0, 'coreset': 1.0}"]
     assert cli.main(command) == 0
     table = pd.read_csv(out)
     assert len(table) == 24 and table["image"].nunique() == 24
@@ -103,3 +105,16 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys, trained_checkpoint):
         ["score", "--checkpoint", str(trained_checkpoint), "--images", str(tmp_path / "nope"), "--out", "x.csv"]
     )
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_weighted_combination_of_scorers(trained_detector, pool_folder):
+    paths = sorted(str(p) for p in pool_folder.glob("*.png"))[:8]
+    context = ScoringContext(budget=3, seed=2)
+    weighted = score_pool(trained_detector, paths, "weighted", {"weights": {"entropy": 2.0, "random": 1.0}}, context)
+    entropy = score_pool(trained_detector, paths, "entropy", context=ScoringContext(seed=2)).scores
+    random = score_pool(trained_detector, paths, "random", context=ScoringContext(seed=2)).scores
+    for w, e, r in zip(weighted.scores, entropy, random):
+        assert w.value == pytest.approx((2 * e.normalized + r.normalized) / 3)
+        assert w.parts == pytest.approx({"entropy": e.normalized, "random": r.normalized})
+    with pytest.raises(ValueError, match="weights"):
+        score_pool(trained_detector, paths, "weighted", {"weights": {}})

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..selection import k_center_greedy
+from ..selection import combine, k_center_greedy
 from ..types import ImageScore
 from .base import PoolImage, Scorer, ScoringContext, create_scorer, register
 
@@ -186,3 +186,32 @@ class UncertaintyDiversityScorer(Scorer):
             parts = {"uncertainty": uncertainty, "diversity_rank": float(rank + 1)}
             final[position] = ImageScore(value, value / 2, self.name, scores[position].aggregation, parts)
         return final
+
+
+@register
+class WeightedScorer(Scorer):
+    """A weighted combination of scorers: the weighted mean of their normalized scores, each
+    scorer's normalized score kept as a part. ``weights`` maps scorer names to weights,
+    ``params`` optionally maps scorer names to their parameters."""
+
+    name = "weighted"
+
+    def __init__(self, weights: dict[str, float], params: dict[str, dict] | None = None):
+        if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"weights must be a non-empty mapping of scorer names to weights >= 0, got {weights!r}")
+        self.parts = [create_scorer(name, **(params or {}).get(name, {})) for name in weights]
+        self.weights = list(weights.values())
+        self.needs = frozenset().union(*(p.needs for p in self.parts))
+        self.uses_detections = any(p.uses_detections for p in self.parts)
+        self._scores: list[list[ImageScore]] = [[] for _ in self.parts]
+
+    def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
+        for part, scores in zip(self.parts, self._scores, strict=True):
+            scores += part.score_batch(batch, context)
+        return [ImageScore(0.0, 0.0, self.name) for _ in batch]
+
+    def finish(self, scores: list[ImageScore], context: ScoringContext) -> list[ImageScore]:
+        finished = [
+            part.finish(part_scores, context) for part, part_scores in zip(self.parts, self._scores, strict=True)
+        ]
+        return combine(finished, self.weights)
