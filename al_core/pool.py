@@ -3,17 +3,17 @@ images plus the score table (and, for set-level scorers, their compact per-image
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from .detectors import Detector
+from .images import load_rgb
 from .scoring import PoolImage, Scorer, ScoringContext, create_scorer
 from .selection import Selection, top_k
-from .types import ImageScore
+from .types import Detections, ImageScore
 
 COLD_START_RULE = "cold start: coreset over the pretrained backbone's image features (the head is untrained)"
 
@@ -29,11 +29,6 @@ class ScoredPool:
 
     def select(self, k: int | None = None) -> Selection:
         return top_k(self.keys, self.scores, k, self.strategy, self.rule, self.model_version, self.seed)
-
-
-def load_rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def image_features(detector: Detector, paths: Sequence[str], batch_size: int = 16) -> torch.Tensor:
@@ -59,11 +54,14 @@ def score_pool(
     context: ScoringContext | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    on_detections: Callable[[str, Detections], None] | None = None,
 ) -> ScoredPool:
     """Score every image of ``paths`` with ``strategy``; keys are the paths.
 
-    Before the head's first training, scorers that need a trained head would rank noise: the
-    cold-start rule (core-set) runs instead, and ``rule`` says so.
+    ``on_detections(path, detections)`` sees every image's detections as they stream past
+    (to keep pre-annotations without a second pass). Before the head's first training,
+    scorers that need a trained head would rank noise: the cold-start rule (core-set) runs
+    instead, and ``rule`` says so.
     """
     context = context or ScoringContext()
     context.detector = detector
@@ -78,10 +76,13 @@ def score_pool(
     for start in tqdm(range(0, len(paths), batch_size), desc=f"scoring ({rule})", disable=not progress):
         chunk = paths[start : start + batch_size]
         images = [load_rgb(p) for p in chunk]
-        if scorer.uses_detections:
+        if scorer.uses_detections or on_detections is not None:
             detections = detector.predict(images, box_features="box_features" in scorer.needs)
         else:
             detections = [None] * len(images)
+        if on_detections is not None:
+            for path, det in zip(chunk, detections, strict=True):
+                on_detections(path, det)
         batch = [PoolImage(p, image, det) for p, image, det in zip(chunk, images, detections, strict=True)]
         scores += scorer.score_batch(batch, context)
     scores = scorer.finish(scores, context)

@@ -1,5 +1,6 @@
 """Training a detector on labeled images, in the spirit of torchvision's detection reference:
-linear warm-up, cosine decay, AMP on CUDA, and a stop on a non-finite loss."""
+linear warm-up then cosine decay, AMP on CUDA, a stop on a non-finite loss, COCO mAP on a
+held-out split, early stopping when mAP stops moving, and resumable state after each epoch."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from .detectors import Detector
+from .detectors.detector import to_tensor
 from .detectors.loss_head import pair_ranking_loss
+from .evaluation import evaluate
+from .images import load_rgb
 from .types import LabeledImage
+
+Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
 
 @dataclass
@@ -29,12 +34,22 @@ class TrainConfig:
     warmup_iters: int = 50
     seed: int = 0
     num_workers: int = 0
-    # Learning loss (used when the detector has a loss head): lambda of the pair ranking loss,
-    # its margin, and the fraction of training after which the head stops sending gradient
-    # into the detector (0 = detached from the start).
+    # Evaluation on the held-out images every ``eval_every`` epochs; early stopping (ASM's rule)
+    # once the mean absolute change of mAP over the last ``early_stop_window`` evaluations is
+    # below ``early_stop_delta``, after ``min_epochs``. The best-mAP weights are kept.
+    eval_every: int = 1
+    early_stop_window: int = 3
+    early_stop_delta: float = 0.002
+    min_epochs: int = 4
+    # Learning loss (when the detector has a loss head): lambda of the pair ranking loss, its
+    # margin, and the fraction of training after which the head stops sending gradient into the
+    # detector (0 = detached from the start).
     loss_weight: float = 1.0
     loss_margin: float = 1.0
     loss_head_detach_after: float = 0.6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -43,10 +58,13 @@ class TrainResult:
     iterations: int
     final_loss: float
     seconds: float
+    history: list[dict] = field(default_factory=list)  # {"epoch", "map", "map50"} per evaluation
+    metrics: dict[str, float] = field(default_factory=dict)  # of the kept (best) weights
+    stopped_early: bool = False
 
 
 class NonFiniteLoss(RuntimeError):
-    """Training diverged; the model is left as it was before the bad step."""
+    """Training diverged; the step that produced the loss was not taken."""
 
 
 class DetectionDataset(Dataset):
@@ -60,13 +78,25 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        with Image.open(sample.path) as image:
-            tensor = pil_to_tensor(image.convert("RGB")).float() / 255.0
-        return tensor, {"boxes": sample.boxes.float().reshape(-1, 4), "labels": sample.labels.long() + 1}
+        target = {"boxes": sample.boxes.float().reshape(-1, 4), "labels": sample.labels.long() + 1}
+        return to_tensor(load_rgb(sample.path)), target
 
 
 def _collate(batch):
     return tuple(zip(*batch))
+
+
+def split_held_out(
+    samples: Sequence[LabeledImage], fraction: float, seed: int, minimum: int = 5
+) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """(train, held-out): a seeded ``fraction`` held out, none when fewer than ``minimum`` images."""
+    samples = list(samples)
+    if len(samples) < minimum or fraction <= 0:
+        return samples, []
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, round(fraction * len(samples)))
+    return [samples[i] for i in order[cut:]], [samples[i] for i in order[:cut]]
 
 
 def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
@@ -94,31 +124,44 @@ def _step_loss(detector: Detector, images, targets, config: TrainConfig, fractio
     return true_losses.mean() + config.loss_weight * ranking
 
 
+def plateaued(history: Sequence[dict], window: int, delta: float) -> bool:
+    """ASM's stop rule: mean |mAP_t - mAP_(t-1)| over the last ``window`` changes < ``delta``."""
+    if len(history) <= window:
+        return False
+    maps = [h["map"] for h in history[-(window + 1) :]]
+    return sum(abs(b - a) for a, b in zip(maps, maps[1:])) / window < delta
+
+
 def train_detector(
     detector: Detector,
     samples: Sequence[LabeledImage],
     config: TrainConfig | None = None,
-    on_progress: Callable[[float, float], None] | None = None,
+    held_out: Sequence[LabeledImage] = (),
+    on_progress: Progress | None = None,
     show_progress: bool = False,
+    state_path: str | Path | None = None,
 ) -> TrainResult:
-    """Train ``detector.model`` in place; ``on_progress(fraction_done, loss)`` after each step."""
+    """Train ``detector.model`` in place and mark it trained.
+
+    With ``state_path``, the model, optimizer, scheduler and epoch are saved there after every
+    epoch, and a run that finds the file resumes from it.
+    """
     if not samples:
         raise ValueError("no labeled images to train on")
     config = config or TrainConfig()
-    random.seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     loader = DataLoader(
         DetectionDataset(samples),
         batch_size=config.batch_size,
         shuffle=True,
         collate_fn=_collate,
-        generator=generator,
+        generator=torch.Generator().manual_seed(config.seed),
         num_workers=config.num_workers,
     )
     model, device = detector.model, detector.device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
     total = config.epochs * len(loader)
     warmup = min(config.warmup_iters, max(total // 5, 1))
 
@@ -130,22 +173,29 @@ def train_detector(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    step, loss_value = 0, float("nan")
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(total=total, desc="train", disable=not show_progress)
+    step, first_epoch, history, best = 0, 0, [], None
+    state_path = Path(state_path) if state_path else None
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, first_epoch, history, best = state["step"], state["epoch"] + 1, state["history"], state["best"]
+    report = on_progress or (lambda fraction, stage: None)
+    start, loss_value, stopped_early, epoch = time.perf_counter(), float("nan"), False, first_epoch - 1
+    bar = tqdm(total=total, initial=step, desc="train", disable=not show_progress)
     try:
-        for _epoch in range(config.epochs):
+        for epoch in range(first_epoch, config.epochs):
+            model.train()
             for images, targets in loader:
                 images = [image.to(device) for image in images]
                 targets = [{key: value.to(device) for key, value in t.items()} for t in targets]
                 with torch.autocast(device.type, enabled=use_amp):
-                    losses = model(images, targets)
-                loss = sum(losses.values())
+                    loss = _step_loss(detector, images, targets, config, step / total)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise NonFiniteLoss(
-                        f"loss is {loss_value} at step {step}: { ({k: float(v) for k, v in losses.items()}) }"
+                        f"loss is {loss_value} at step {step} (epoch {epoch}); try a lower learning rate"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -155,10 +205,43 @@ def train_detector(
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}")
-                if on_progress is not None:
-                    on_progress(step / total, loss_value)
+                report(step / total, f"training: epoch {epoch + 1}/{config.epochs}, loss {loss_value:.3f}")
+            model.eval()
+            if held_out and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+                report(step / total, f"evaluating after epoch {epoch + 1}")
+                metrics = evaluate(detector, held_out)
+                history.append({"epoch": epoch + 1, **metrics})
+                if best is None or metrics["map"] > best["metrics"]["map"]:
+                    best = {"metrics": metrics, "epoch": epoch + 1, "weights": _cpu_copy(model.state_dict())}
+            if state_path is not None:
+                _save_state(state_path, model, optimizer, scheduler, epoch, step, history, best)
+            if epoch + 1 >= config.min_epochs and plateaued(history, config.early_stop_window, config.early_stop_delta):
+                stopped_early = True
+                break
     finally:
         bar.close()
         model.eval()
+    if best is not None:
+        model.load_state_dict(best["weights"])
     detector.mark_trained()
-    return TrainResult(config.epochs, step, loss_value, time.perf_counter() - start)
+    metrics = best["metrics"] if best else {}
+    return TrainResult(epoch + 1, step, loss_value, time.perf_counter() - start, history, metrics, stopped_early)
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
+
+
+def _save_state(path: Path, model, optimizer, scheduler, epoch, step, history, best) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+        "best": best,
+    }
+    torch.save(state, tmp)
+    tmp.replace(path)

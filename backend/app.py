@@ -9,8 +9,9 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from pathlib import Path
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request, send_file
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
@@ -18,9 +19,12 @@ from al_core.detectors import Detector
 from al_core.scoring import create_scorer
 from exporters.label_config import LabelConfigError, parse_label_config
 
+from .cycle import CycleServices, check_train_params, run_cycle
 from .images import ImageLoader
+from .jobs import JobRunner
 from .label_studio_auth import LabelStudioAuth
 from .metrics import Metrics
+from .models import Models, VersionError
 from .predictor import Predictor
 from .settings import Settings
 from .store import Store
@@ -74,24 +78,28 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     metrics = Metrics()
     store = Store(settings.data_path / "state.sqlite3")
-    detector = detector or load_detector(settings)
+    models = Models(detector or load_detector(settings), store, settings.model_device)
     ls_auth = (
         LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key)
         if settings.label_studio_url and settings.label_studio_api_key
         else None
     )
+    loader = ImageLoader(settings, ls_auth)
     predictor = Predictor(
-        detector,
         create_scorer("entropy", aggregation="mean"),
-        ImageLoader(settings, ls_auth),
+        loader,
         store,
         metrics,
         batch_size=settings.predict_batch_size,
         score_threshold=settings.prediction_score_threshold,
         fetch_workers=settings.fetch_workers,
     )
-    app.extensions["predictor"] = predictor
-    log.info("serving %s (%s) on %s", detector.version.name, detector.version.detector, detector.device)
+    services = CycleServices(settings, store, models, loader)
+    jobs = JobRunner(store, lambda job, report: run_cycle(services, job, report))
+    jobs.start()
+    app.extensions.update(predictor=predictor, store=store, models=models, jobs=jobs)
+    base = models.base
+    log.info("serving %s (%s) on %s", base.version.name, base.version.detector, base.device)
 
     @app.before_request
     def check_auth():
@@ -141,9 +149,9 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     def health():
         return jsonify(
             status="UP",
-            model_class=type(detector.model).__name__,
-            model_version=detector.version.name,
-            device=str(detector.device),
+            model_class=type(base.model).__name__,
+            model_version=base.version.name,
+            device=str(base.device),
         )
 
     app.add_url_rule("/health", "health", health)
@@ -159,7 +167,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         parse_label_config(schema)
         if project_id is not None:
             store.save_project(project_id, schema)
-        return jsonify(model_version=detector.version.name)
+        return jsonify(model_version=models.for_project(project_id).version.name)
 
     @app.post("/predict")
     def predict():
@@ -174,7 +182,26 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         if not isinstance(config_xml, str):
             raise BadRequest("no 'label_config' in the request and none stored for this project by /setup")
         config = parse_label_config(config_xml)
-        return jsonify(results=predictor.predict(tasks, config, project_id))
+        return jsonify(results=predictor.predict(tasks, config, project_id, models.for_project(project_id)))
+
+    def start_training(project_id: int, params: dict, trigger: str):
+        job, coalesced = jobs.submit(project_id, check_train_params(params), trigger)
+        status = "coalesced into the queued run" if coalesced else "queued"
+        return jsonify(job_id=job.id, status=status, project=project_id, job=job.to_dict()), 201
+
+    @app.post("/train")
+    def train():
+        body = _json_body()
+        project_id = parse_project_id(body.get("project"))
+        if project_id is None:
+            raise BadRequest("'project' (the Label Studio project id) is required")
+        params = body.get("params", {})
+        if not isinstance(params, dict):
+            raise BadRequest("'params' must be an object")
+        try:
+            return start_training(project_id, params, "POST /train")
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
 
     @app.post("/webhook")
     def webhook():
@@ -184,12 +211,79 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
             return jsonify(status="Unknown event"), 200
         project = body.get("project")
         project_id = parse_project_id(project.get("id") if isinstance(project, dict) else project)
-        log.info("webhook %s for project %s: training is not available in this version", action, project_id)
-        return jsonify(status="received", action=action, training="not available in this version"), 200
+        if project_id is None:
+            raise BadRequest("the event names no project")
+        if action == "START_TRAINING":
+            return start_training(project_id, {}, "START_TRAINING")
+        count = store.count_annotation_event(project_id)
+        if count >= settings.train_min_new_annotations:
+            return start_training(project_id, {}, f"{count} annotation events")
+        return jsonify(status="counted", new_annotations=count, threshold=settings.train_min_new_annotations), 200
+
+    def job_or_404(job_id: str):
+        job = store.job(job_id)
+        if job is None:
+            return None
+        return job.to_dict()
+
+    @app.get("/jobs/<job_id>")
+    def job_detail(job_id: str):
+        job = job_or_404(job_id)
+        return (jsonify(job), 200) if job else (jsonify(error=f"no job {job_id!r}"), 404)
+
+    @app.get("/jobs")
+    def job_list():
+        project = request.args.get("project")
+        project_id = parse_project_id(project) if project else None
+        return jsonify(jobs=[job.to_dict() for job in store.jobs(project_id)])
+
+    @app.route("/job_status", methods=["GET", "POST"])
+    def job_status():
+        """Label Studio's probe: {"job": id} in the body or ?job=id."""
+        body = request.get_json(silent=True) if request.method == "POST" else None
+        job_id = (body or {}).get("job") if isinstance(body, dict) else None
+        job_id = job_id or request.args.get("job")
+        if not job_id:
+            raise BadRequest('name the job: {"job": "<id>"} or ?job=<id>')
+        job = job_or_404(str(job_id))
+        if job is None:
+            return jsonify(error=f"no job {job_id!r}"), 404
+        return jsonify(job_status=job["state"], **job)
 
     @app.get("/versions")
     def versions():
-        return jsonify(versions=[detector.version.name], active=detector.version.name)
+        project = request.args.get("project")
+        project_id = parse_project_id(project) if project else None
+        listed = store.versions(project_id)
+        active = [v.name for v in listed if v.active]
+        if project_id is not None:
+            active = [models.for_project(project_id).version.name]
+        return jsonify(
+            versions=[base.version.name] + [v.name for v in listed],
+            active=active[0] if len(active) == 1 else active,
+            details=[
+                {"name": v.name, "project": v.project_id, "active": v.active, "metrics": v.metrics} for v in listed
+            ],
+        )
+
+    @app.post("/versions/<name>/activate")
+    def activate(name: str):
+        try:
+            detector = models.activate(name)
+        except KeyError:
+            return jsonify(error=f"no model version {name!r}"), 404
+        except VersionError as error:
+            return jsonify(error=str(error)), 409
+        return jsonify(active=detector.version.name, project=store.version(name).project_id)
+
+    @app.get("/export/<int:project_id>.csv")
+    def export_csv(project_id: int):
+        cycles = store.cycles(project_id)
+        if not cycles or not cycles[-1].csv_path or not Path(cycles[-1].csv_path).is_file():
+            return jsonify(error=f"project {project_id} has no cycle export yet; trigger training first"), 404
+        return send_file(
+            cycles[-1].csv_path, mimetype="text/csv", as_attachment=True, download_name=f"project_{project_id}.csv"
+        )
 
     @app.get("/metrics")
     def prometheus_metrics():

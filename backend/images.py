@@ -73,19 +73,19 @@ class ImageCache:
         self._lock = threading.Lock()
         self._total = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
 
-    def _path(self, url: str) -> Path:
+    def path(self, url: str) -> Path:
         return self.directory / hashlib.sha256(url.encode()).hexdigest()
 
     def get(self, url: str) -> bytes | None:
         try:
-            return self._path(url).read_bytes()
+            return self.path(url).read_bytes()
         except OSError:
             return None
 
-    def put(self, url: str, data: bytes) -> None:
-        if len(data) > self.max_bytes:
+    def put(self, url: str, data: bytes, force: bool = False) -> None:
+        if len(data) > self.max_bytes and not force:
             return
-        path = self._path(url)
+        path = self.path(url)
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
@@ -120,6 +120,22 @@ class ImageLoader:
     def load(self, reference: object) -> Image.Image:
         return decode_image(self.read_bytes(reference), self.settings.max_image_pixels)
 
+    def fetch_to_file(self, reference: object) -> Path:
+        """A local file holding the image (the cache for downloads), checked to decode."""
+        data = self.read_bytes(reference)
+        decode_image(data, self.settings.max_image_pixels)
+        if (
+            isinstance(reference, str)
+            and urlsplit(reference.strip()).scheme == ""
+            and not reference.startswith("/data/")
+        ):
+            return self._local_path(reference.strip())
+        url = self.ls_url + reference.strip() if reference.strip().startswith("/data/") else reference.strip()
+        path = self.cache.path(url)
+        if not path.exists():  # evicted, or larger than the whole cache: keep it anyway
+            self.cache.put(url, data, force=True)
+        return path
+
     def read_bytes(self, reference: object) -> bytes:
         if not isinstance(reference, str) or not reference.strip():
             raise ImageError("the task's image field is empty or not a string")
@@ -135,13 +151,17 @@ class ImageLoader:
             return self._read_local(reference)
         raise ImageError(f"URL scheme {scheme!r} is not supported (http, https, Label Studio /data/ URLs, local paths)")
 
-    def _read_local(self, reference: str) -> bytes:
+    def _local_path(self, reference: str) -> Path:
         if self.local_root is None:
             raise ImageError("local file paths are not allowed; set LOCAL_FILES_ROOT to a directory to allow them")
         path = Path(reference)
         path = (path if path.is_absolute() else self.local_root / path).resolve()
         if not path.is_relative_to(self.local_root):
             raise ImageError(f"{reference} is outside LOCAL_FILES_ROOT")
+        return path
+
+    def _read_local(self, reference: str) -> bytes:
+        path = self._local_path(reference)
         if not path.is_file():
             raise ImageError(f"no such file: {reference}")
         if path.stat().st_size > self.settings.max_image_bytes:

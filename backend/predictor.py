@@ -30,11 +30,11 @@ class _Loaded:
 
 
 class Predictor:
-    """Built once per process; its detector, scorer and fetch pool serve every request."""
+    """Built once per process; its scorer and fetch pool serve every request, with the detector
+    of the request's project."""
 
     def __init__(
         self,
-        detector: Detector,
         scorer: Scorer,
         loader: ImageLoader,
         store: Store,
@@ -43,7 +43,6 @@ class Predictor:
         score_threshold: float,
         fetch_workers: int,
     ):
-        self.detector = detector
         self.scorer = scorer
         self.loader = loader
         self.store = store
@@ -51,9 +50,8 @@ class Predictor:
         self.batch_size = batch_size
         self.score_threshold = score_threshold
         self.pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="fetch")
-        self.context = ScoringContext(detector=detector)
 
-    def predict(self, tasks: list, config: LabelConfig, project_id: int | None) -> list[dict]:
+    def predict(self, tasks: list, config: LabelConfig, project_id: int | None, detector: Detector) -> list[dict]:
         """One Label Studio prediction per task, in task order. Images are fetched one batch
         ahead of the model, so memory holds at most two batches of images."""
         indexed = list(enumerate(tasks))
@@ -64,7 +62,7 @@ class Predictor:
         for number in range(len(chunks)):
             loaded = [future.result() for future in pending]
             pending = self._submit(chunks[number + 1], config) if number + 1 < len(chunks) else []
-            scores += self._predict_batch(loaded, config, results)
+            scores += self._predict_batch(loaded, config, detector, results)
         if scores:
             self.store.save_scores(project_id, scores)
         return results
@@ -72,8 +70,10 @@ class Predictor:
     def _submit(self, chunk: list[tuple[int, object]], config: LabelConfig) -> list[Future]:
         return [self.pool.submit(self._load, index, task, config) for index, task in chunk]
 
-    def _predict_batch(self, loaded: list[_Loaded], config: LabelConfig, results: list[dict]) -> list[TaskScore]:
-        version = self.detector.version.name
+    def _predict_batch(
+        self, loaded: list[_Loaded], config: LabelConfig, detector: Detector, results: list[dict]
+    ) -> list[TaskScore]:
+        version = detector.version.name
         for item in loaded:
             if item.error is not None:
                 self.metrics.errors.labels(kind="task").inc()
@@ -82,9 +82,9 @@ class Predictor:
         good = [item for item in loaded if item.image is not None]
         if not good:
             return []
-        detections = self.detector.predict([item.image for item in good])
+        detections = detector.predict([item.image for item in good])
         batch = [PoolImage(str(item.task_id), item.image, det) for item, det in zip(good, detections, strict=True)]
-        image_scores = self.scorer.score_batch(batch, self.context)
+        image_scores = self.scorer.score_batch(batch, ScoringContext(detector=detector))
         self.metrics.images_scored.inc(len(good))
         scores = []
         for item, det, image_score in zip(good, detections, image_scores):
@@ -92,7 +92,7 @@ class Predictor:
                 "model_version": version,
                 # Label Studio's Uncertainty sampling serves the LOWEST score first.
                 "score": round(1.0 - image_score.normalized, 6),
-                "result": detections_to_regions(det, self.detector.class_names, config, self.score_threshold),
+                "result": detections_to_regions(det, detector.class_names, config, self.score_threshold),
                 "informativeness": image_score.value,
                 "scorer": image_score.scorer,
             }

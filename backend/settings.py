@@ -80,6 +80,27 @@ class Settings:
     label_studio_api_key: str = field(
         default="", metadata=_doc("Label Studio legacy token or personal access token (never logged).")
     )
+    train_min_new_annotations: int = field(
+        default=5, metadata=_doc("Annotation events since the last run that start a training run.")
+    )
+    train_epochs: int = field(
+        default=12, metadata=_doc("Most epochs of a training run (early stopping may end it sooner).")
+    )
+    train_batch_size: int = field(default=4, metadata=_doc("Images per training step."))
+    train_lr: float = field(default=0.001, metadata=_doc("AdamW learning rate."))
+    train_held_out_fraction: float = field(
+        default=0.2, metadata=_doc("Share of labeled images held out to measure mAP (none under 5 images).")
+    )
+    al_strategy: str = field(
+        default="entropy", metadata=_doc("Scorer that ranks unlabeled tasks after each run (see the strategies table).")
+    )
+    al_aggregation: str = field(default="mean", metadata=_doc("Box -> image aggregation for uncertainty scorers."))
+    al_budget: int = field(
+        default=100, metadata=_doc("Images in each cycle's selection (COCO export; diversity scorers).")
+    )
+    set_uncertainty_sampling: bool = field(
+        default=True, metadata=_doc("After each run, set the project's sampling to Uncertainty sampling.")
+    )
 
     @property
     def data_path(self) -> Path:
@@ -111,6 +132,13 @@ class Settings:
 
 def _convert(f: dataclasses.Field, raw: object) -> object:
     kind = type(f.default)
+    if kind is bool:
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"setting {f.name.upper()} must be true or false, got {raw!r}")
     try:
         return kind(raw)
     except (TypeError, ValueError):

@@ -1,18 +1,23 @@
-"""The service's own state in SQLite: projects' labeling configs and every informativeness
-score it computed (the raw value is kept here; Label Studio only gets 1 - normalized)."""
+"""The service's own state in SQLite: projects, jobs, model versions, cycles and every
+informativeness score it computed. It survives restarts; one short connection per call keeps
+it safe across request threads, the job thread and processes sharing the data directory."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
     project_id INTEGER PRIMARY KEY,
-    label_config TEXT NOT NULL,
+    label_config TEXT,
+    view_id INTEGER,
+    new_annotations INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS task_scores (
@@ -25,7 +30,43 @@ CREATE TABLE IF NOT EXISTS task_scores (
     created_at REAL NOT NULL,
     PRIMARY KEY (project_id, task_id, model_version, scorer)
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    progress REAL NOT NULL DEFAULT 0,
+    params TEXT NOT NULL DEFAULT '{}',
+    trigger TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    version TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    active INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cycles (
+    project_id INTEGER NOT NULL,
+    cycle INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    labeled INTEGER NOT NULL,
+    map REAL,
+    map50 REAL,
+    strategy TEXT NOT NULL,
+    csv_path TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (project_id, cycle)
+);
 """
+
+JOB_STATES = ("queued", "running", "done", "failed")
 
 
 @dataclass(frozen=True)
@@ -37,6 +78,48 @@ class TaskScore:
     normalized: float
 
 
+@dataclass
+class Job:
+    id: str
+    project_id: int
+    state: str
+    stage: str = ""
+    progress: float = 0.0
+    params: dict = field(default_factory=dict)
+    trigger: str = ""
+    error: str | None = None
+    version: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    project_id: int
+    path: str
+    metrics: dict
+    active: bool
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Cycle:
+    project_id: int
+    cycle: int
+    version: str
+    labeled: int
+    map: float | None
+    map50: float | None
+    strategy: str
+    csv_path: str | None
+    created_at: float
+
+
 class Store:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,14 +129,14 @@ class Store:
             db.executescript(SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        # One short connection per call: safe across request threads and processes.
         return sqlite3.connect(self.path, timeout=30)
 
+    # projects
     def save_project(self, project_id: int, label_config: str) -> None:
         with self._connect() as db:
             db.execute(
-                "INSERT INTO projects VALUES (?, ?, ?) ON CONFLICT(project_id) DO UPDATE SET "
-                "label_config = excluded.label_config, updated_at = excluded.updated_at",
+                "INSERT INTO projects (project_id, label_config, updated_at) VALUES (?, ?, ?) ON CONFLICT(project_id) "
+                "DO UPDATE SET label_config = excluded.label_config, updated_at = excluded.updated_at",
                 (project_id, label_config, time.time()),
             )
 
@@ -62,6 +145,29 @@ class Store:
             row = db.execute("SELECT label_config FROM projects WHERE project_id = ?", (project_id,)).fetchone()
         return row[0] if row else None
 
+    def count_annotation_event(self, project_id: int) -> int:
+        """One more annotation change since the last training run started; returns the count."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO projects (project_id, new_annotations, updated_at) VALUES (?, 1, ?) "
+                "ON CONFLICT(project_id) DO UPDATE SET new_annotations = new_annotations + 1",
+                (project_id, time.time()),
+            )
+            return db.execute("SELECT new_annotations FROM projects WHERE project_id = ?", (project_id,)).fetchone()[0]
+
+    def reset_annotation_events(self, project_id: int) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE projects SET new_annotations = 0 WHERE project_id = ?", (project_id,))
+
+    def save_view(self, project_id: int, view_id: int) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO projects (project_id, view_id, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(project_id) DO UPDATE SET view_id = excluded.view_id",
+                (project_id, view_id, time.time()),
+            )
+
+    # scores
     def save_scores(self, project_id: int | None, scores: Iterable[TaskScore]) -> None:
         now = time.time()
         rows = [
@@ -70,11 +176,102 @@ class Store:
         with self._connect() as db:
             db.executemany("INSERT OR REPLACE INTO task_scores VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def task_scores(self, project_id: int | None) -> list[TaskScore]:
+    def task_scores(self, project_id: int | None, model_version: str | None = None) -> list[TaskScore]:
+        query = (
+            "SELECT task_id, model_version, scorer, informativeness, normalized FROM task_scores WHERE project_id IS ?"
+        )
+        args: tuple = (project_id,)
+        if model_version is not None:
+            query, args = query + " AND model_version = ?", (project_id, model_version)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY normalized DESC, task_id", args).fetchall()
+        return [TaskScore(*row) for row in rows]
+
+    # jobs
+    def create_job(self, project_id: int, params: dict, trigger: str) -> Job:
+        job = Job(uuid.uuid4().hex[:12], project_id, "queued", "queued", 0.0, params, trigger, created_at=time.time())
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO jobs (id, project_id, state, stage, params, trigger, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job.id, project_id, job.state, job.stage, json.dumps(params), trigger, job.created_at),
+            )
+        return job
+
+    def update_job(self, job_id: str, **fields) -> None:
+        if "params" in fields:
+            fields["params"] = json.dumps(fields["params"])
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        with self._connect() as db:
+            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+
+    def job(self, job_id: str) -> Job | None:
+        jobs = self._jobs("WHERE id = ?", (job_id,))
+        return jobs[0] if jobs else None
+
+    def jobs(self, project_id: int | None = None, state: str | None = None) -> list[Job]:
+        clauses, args = [], []
+        if project_id is not None:
+            clauses.append("project_id = ?")
+            args.append(project_id)
+        if state is not None:
+            clauses.append("state = ?")
+            args.append(state)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self._jobs(where + " ORDER BY created_at", tuple(args))
+
+    def _jobs(self, where: str, args: tuple) -> list[Job]:
+        columns = ", ".join(f.name for f in fields(Job))
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {columns} FROM jobs {where}", args).fetchall()
+        return [Job(*row[:5], json.loads(row[5]), *row[6:]) for row in rows]
+
+    def fail_interrupted_jobs(self, reason: str) -> list[str]:
+        """Jobs left running by a process that died: failed, with the reason, re-runnable."""
+        with self._connect() as db:
+            ids = [row[0] for row in db.execute("SELECT id FROM jobs WHERE state = 'running'")]
+            db.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, finished_at = ? WHERE state = 'running'",
+                (reason, time.time()),
+            )
+        return ids
+
+    # versions
+    def add_version(self, name: str, project_id: int, path: str, metrics: dict) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO versions (name, project_id, path, metrics, created_at) VALUES (?, ?, ?, ?, ?)",
+                (name, project_id, path, json.dumps(metrics), time.time()),
+            )
+
+    def activate_version(self, name: str) -> None:
+        with self._connect() as db:
+            (project_id,) = db.execute("SELECT project_id FROM versions WHERE name = ?", (name,)).fetchone()
+            db.execute("UPDATE versions SET active = (name = ?) WHERE project_id = ?", (name, project_id))
+
+    def versions(self, project_id: int | None = None) -> list[Version]:
+        where, args = ("WHERE project_id = ?", (project_id,)) if project_id is not None else ("", ())
         with self._connect() as db:
             rows = db.execute(
-                "SELECT task_id, model_version, scorer, informativeness, normalized FROM task_scores "
-                "WHERE project_id IS ? ORDER BY informativeness DESC",
-                (project_id,),
+                f"SELECT name, project_id, path, metrics, active, created_at FROM versions {where} ORDER BY created_at",
+                args,
             ).fetchall()
-        return [TaskScore(*row) for row in rows]
+        return [Version(r[0], r[1], r[2], json.loads(r[3]), bool(r[4]), r[5]) for r in rows]
+
+    def version(self, name: str) -> Version | None:
+        return next((v for v in self.versions() if v.name == name), None)
+
+    def active_version(self, project_id: int) -> Version | None:
+        return next((v for v in self.versions(project_id) if v.active), None)
+
+    # cycles
+    def add_cycle(self, cycle: Cycle) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO cycles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", tuple(asdict(cycle).values())
+            )
+
+    def cycles(self, project_id: int) -> list[Cycle]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM cycles WHERE project_id = ? ORDER BY cycle", (project_id,)).fetchall()
+        return [Cycle(*row) for row in rows]

@@ -27,7 +27,7 @@ from al_core.detectors import Detector  # noqa: E402
 from al_core.detectors.detector import to_tensor  # noqa: E402
 from al_core.detectors.probing import unprobe  # noqa: E402
 from al_core.detectors.registry import build_model  # noqa: E402
-from al_core.pool import load_rgb  # noqa: E402
+from al_core.images import load_rgb  # noqa: E402
 from al_core.scoring import PoolImage, ScoringContext, create_scorer  # noqa: E402
 from al_core.training import TrainConfig, train_detector  # noqa: E402
 

@@ -11,8 +11,14 @@ from PIL import Image
 from al_core.types import LabeledImage
 
 
-def write_coco(images: Sequence[LabeledImage], class_names: Sequence[str], path: str | Path) -> Path:
-    """Write ``path``; file names are relative to its folder when the images lie under it."""
+def write_coco(
+    images: Sequence[LabeledImage],
+    class_names: Sequence[str],
+    path: str | Path,
+    file_names: Sequence[str] | None = None,
+) -> Path:
+    """Write ``path``. File names are ``file_names`` when given (e.g. Label Studio image URLs),
+    else relative to the file's folder when the images lie under it."""
     path = Path(path)
     coco = {
         "images": [],
@@ -24,6 +30,8 @@ def write_coco(images: Sequence[LabeledImage], class_names: Sequence[str], path:
             width, height = image.size
         file = Path(sample.path).resolve()
         name = str(file.relative_to(path.parent.resolve())) if file.is_relative_to(path.parent.resolve()) else str(file)
+        if file_names is not None:
+            name = file_names[image_id - 1]
         coco["images"].append({"id": image_id, "file_name": name, "width": width, "height": height})
         for box, label in zip(sample.boxes.tolist(), sample.labels.tolist(), strict=True):
             x0, y0, x1, y1 = box

@@ -35,3 +35,24 @@ def write_selection_csv(selection: Selection, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     selection_frame(selection).to_csv(path, index=False)
     return path
+
+
+def write_cycle_csv(rows: list[dict], path: str | Path) -> Path:
+    """annotate.online's list for one cycle: image, entropy (the cycle's score), task id, in
+    decreasing score order. ``rows`` hold "image", "score" and "task_id"."""
+    frame = pd.DataFrame(rows, columns=["image", "score", "task_id"]).rename(columns={"score": "entropy"})
+    frame = frame.sort_values(["entropy", "task_id"], ascending=[False, True], kind="stable")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def write_history(cycles: list[dict], folder: str | Path) -> tuple[Path, Path]:
+    """The cycle history (cycle, version, labeled count, mAP, strategy) as CSV and JSON."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(cycles, columns=["cycle", "version", "labeled", "map", "map50", "strategy"])
+    frame.to_csv(folder / "history.csv", index=False)
+    (folder / "history.json").write_text(frame.to_json(orient="records", indent=2))
+    return folder / "history.csv", folder / "history.json"

@@ -64,7 +64,7 @@ def test_influence_of_a_labeled_image_on_itself_is_its_gradient_norm(trained_det
     value any image with a gradient that long can get)."""
     from al_core.detectors.detector import to_tensor
     from al_core.detectors.registry import DETECTORS
-    from al_core.pool import load_rgb
+    from al_core.images import load_rgb
     from al_core.scoring import PoolImage, create_scorer
     from al_core.scoring.influence import last_layer_gradient, loss_mode
     from al_core.types import Detections

@@ -139,7 +139,7 @@ def label_studio_image_path(url: str, root: Path) -> Path:
 
 
 def read_label_studio(path: Path, image_root: Path | None = None, image_key: str | None = None) -> Dataset:
-    from exporters.label_studio_regions import percent_to_box  # the one place that converts
+    from exporters.label_studio_regions import choose_annotation, regions_to_boxes  # the one place that converts
 
     root = image_root or path.parent
     try:
@@ -150,19 +150,15 @@ def read_label_studio(path: Path, image_root: Path | None = None, image_key: str
         for task in tasks:
             data = task["data"]
             key = image_key or next(k for k, v in data.items() if isinstance(v, str))
-            image = _existing(label_studio_image_path(data[key], root), f"{path.name}: task {task.get('id')}")
-            annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
-            annotations.sort(key=lambda a: (bool(a.get("ground_truth")), a.get("updated_at") or "", a.get("id") or 0))
-            regions = annotations[-1]["result"] if annotations else []
-            objects = []
-            for region in regions:
-                if region.get("type") != "rectanglelabels":
-                    continue
-                value = region["value"]
-                box = list(percent_to_box(value, region["original_width"], region["original_height"]))
-                _check_box(box, region["original_width"], region["original_height"], f"task {task.get('id')}")
-                objects.append((value["rectanglelabels"][0], box))
-                names.add(value["rectanglelabels"][0])
+            where = f"{path.name}: task {task.get('id')}"
+            image = _existing(label_studio_image_path(data[key], root), where)
+            annotation = choose_annotation(task.get("annotations", []))
+            objects = regions_to_boxes(annotation["result"]) if annotation else []
+            if objects:
+                region = next(r for r in annotation["result"] if r.get("type") == "rectanglelabels")
+                for label, box in objects:
+                    _check_box(list(box), region["original_width"], region["original_height"], where)
+                    names.add(label)
             rows.append((image, objects))
     except (KeyError, TypeError, ValueError, StopIteration) as error:
         if isinstance(error, DatasetError):
@@ -170,7 +166,7 @@ def read_label_studio(path: Path, image_root: Path | None = None, image_key: str
         raise DatasetError(f"{path} is not a valid Label Studio export: {type(error).__name__} {error}") from None
     class_names = tuple(sorted(names))
     return Dataset(
-        [_labeled(image, [b for _, b in objs], [class_names.index(n) for n, _ in objs]) for image, objs in rows],
+        [_labeled(image, [list(b) for _, b in objs], [class_names.index(n) for n, _ in objs]) for image, objs in rows],
         class_names,
     )
 

@@ -1,0 +1,50 @@
+"""COCO mAP of a detector on labeled images, computed by pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from .detectors import Detector
+from .images import load_rgb
+from .types import LabeledImage
+
+
+def evaluate(detector: Detector, samples: Sequence[LabeledImage], batch_size: int = 8) -> dict[str, float]:
+    """{"map": AP@[.5:.95], "map50": AP@.5} over ``samples`` (all of the detector's boxes)."""
+    images, annotations, results = [], [], []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        pictures = [load_rgb(s.path) for s in chunk]
+        for offset, (sample, picture, det) in enumerate(zip(chunk, pictures, detector.predict(pictures), strict=True)):
+            image_id = start + offset + 1
+            images.append({"id": image_id, "width": picture.width, "height": picture.height})
+            for box, label in zip(sample.boxes.tolist(), sample.labels.tolist(), strict=True):
+                w, h = box[2] - box[0], box[3] - box[1]
+                annotations.append(
+                    {"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
+                     "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0}
+                )  # fmt: skip
+            for box, label, score in zip(det.boxes.tolist(), det.labels.tolist(), det.scores.tolist(), strict=True):
+                results.append(
+                    {"image_id": image_id, "category_id": label + 1, "score": score,
+                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
+                )  # fmt: skip
+    if not annotations:
+        return {"map": 0.0, "map50": 0.0}
+    truth = COCO()
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(detector.class_names)]
+    truth.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        truth.createIndex()
+        if not results:
+            return {"map": 0.0, "map50": 0.0}
+        evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {"map": max(float(evaluation.stats[0]), 0.0), "map50": max(float(evaluation.stats[1]), 0.0)}

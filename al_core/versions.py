@@ -1,0 +1,82 @@
+"""Model versions on disk: one directory per version, written atomically.
+
+    <root>/<name>/model.pt            weights, classes, architecture (Detector.save)
+    <root>/<name>/train_config.json   the configuration it was trained with
+    <root>/<name>/label_map.json      class names, index = label
+    <root>/<name>/labeled.json        ids of the labeled items it was trained on
+    <root>/<name>/metrics.json        evaluation and training figures
+
+Everything is written into a hidden temporary directory that is renamed into place at the end,
+so a crash leaves either no version or a complete one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .detectors import Detector
+
+FILES = ("model.pt", "train_config.json", "label_map.json", "labeled.json", "metrics.json")
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    name: str
+    path: Path
+    class_names: tuple[str, ...]
+    labeled_ids: tuple[int, ...]
+    metrics: dict
+    train_config: dict
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "model.pt"
+
+
+def write_version(
+    root: str | Path, name: str, detector: Detector, train_config: dict, labeled_ids, metrics: dict
+) -> VersionRecord:
+    root = Path(root)
+    final = root / name
+    if final.exists():
+        raise FileExistsError(f"model version {name} already exists at {final}")
+    tmp = root / f".{name}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        detector.save(tmp / "model.pt", name)
+        documents = {
+            "train_config.json": train_config,
+            "label_map.json": list(detector.class_names),
+            "labeled.json": sorted(int(i) for i in labeled_ids),
+            "metrics.json": metrics,
+        }
+        for file, content in documents.items():
+            (tmp / file).write_text(json.dumps(content, indent=2))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    detector.version = dataclasses.replace(detector.version, checkpoint=str(final / "model.pt"))
+    return read_version(final)
+
+
+def read_version(path: str | Path) -> VersionRecord:
+    path = Path(path)
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise ValueError(f"{path} is not a complete model version: missing {missing}")
+    load = lambda file: json.loads((path / file).read_text())  # noqa: E731
+    return VersionRecord(
+        path.name,
+        path,
+        tuple(load("label_map.json")),
+        tuple(load("labeled.json")),
+        load("metrics.json"),
+        load("train_config.json"),
+    )

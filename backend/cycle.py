@@ -1,0 +1,264 @@
+"""One annotation cycle, run as a background job: fetch the project's labels from Label
+Studio, train (fine-tuning the active version by default), write and activate a new model
+version, score every unlabeled task, push predictions and priorities to Label Studio, and write
+the cycle's exports (CSV for annotate.online, the selection as COCO, the cycle history)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from al_core.detectors import Detector
+from al_core.evaluation import evaluate
+from al_core.pool import score_pool
+from al_core.scoring import SCORERS, ScoringContext
+from al_core.scoring.uncertainty import UncertaintyScorer
+from al_core.training import TrainConfig, split_held_out, train_detector
+from al_core.types import Detections, LabeledImage
+from al_core.versions import write_version
+from exporters.coco import write_coco
+from exporters.csv_export import write_cycle_csv, write_history
+from exporters.label_config import LabelConfig, parse_label_config
+from exporters.label_studio_api import LabelStudioProject, TaskPrediction
+from exporters.label_studio_regions import choose_annotation, detections_to_regions, regions_to_boxes
+
+from .images import ImageError, ImageLoader
+from .jobs import Report
+from .models import Models
+from .settings import Settings
+from .store import Cycle, Job, Store, TaskScore
+
+log = logging.getLogger(__name__)
+
+TRAIN_PARAMS = {"from_scratch": bool, "epochs": int, "strategy": str, "aggregation": str}
+
+
+class CycleError(RuntimeError):
+    """The cycle cannot run as configured; the message says what to change."""
+
+
+def check_train_params(params: dict) -> dict:
+    """The optional parameters of a training trigger, checked; a clear error otherwise."""
+    for key, value in params.items():
+        if key not in TRAIN_PARAMS:
+            raise ValueError(f"unknown training parameter {key!r}; known: {sorted(TRAIN_PARAMS)}")
+        kind = TRAIN_PARAMS[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"training parameter {key!r} must be a {kind.__name__}, got {value!r}")
+    if params.get("epochs", 1) < 1:
+        raise ValueError("training parameter 'epochs' must be at least 1")
+    if params.get("strategy", "entropy") not in SCORERS:
+        raise ValueError(f"unknown strategy {params['strategy']!r}; choose one of {sorted(SCORERS)}")
+    return params
+
+
+@dataclass
+class CycleServices:
+    settings: Settings
+    store: Store
+    models: Models
+    loader: ImageLoader
+
+    @property
+    def exports(self) -> Path:
+        return self.settings.data_path / "exports"
+
+
+@dataclass
+class _Task:
+    id: int
+    image: str  # the URL or path in the task's data
+    data: dict
+    annotation: dict | None
+
+
+def _labeled_image(path: Path, regions: list[tuple[str, tuple]], config: LabelConfig) -> LabeledImage:
+    kept = [(config.labels.index(label), box) for label, box in regions if label in config.labels]
+    return LabeledImage(
+        str(path),
+        torch.tensor([box for _, box in kept], dtype=torch.float32).reshape(-1, 4),
+        torch.tensor([label for label, _ in kept], dtype=torch.int64),
+    )
+
+
+def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
+    settings, store = services.settings, services.store
+    if not (settings.label_studio_url and settings.label_studio_api_key):
+        raise CycleError(
+            "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: training reads the annotations from Label Studio"
+        )
+    params = job.params
+    strategy = params.get("strategy", settings.al_strategy)
+    project = LabelStudioProject(settings.label_studio_url, settings.label_studio_api_key, job.project_id)
+    store.reset_annotation_events(job.project_id)
+
+    report(0.01, "fetching annotations from Label Studio")
+    config = parse_label_config(project.label_config())
+    store.save_project(job.project_id, project.label_config())
+    tasks = []
+    for task in project.tasks():
+        image = task["data"].get(config.image_key)
+        tasks.append(_Task(task["id"], image, task["data"], choose_annotation(task.get("annotations") or [])))
+    labeled_tasks = [t for t in tasks if t.annotation is not None]
+    if not labeled_tasks:
+        raise CycleError(f"project {job.project_id} has no annotated tasks yet")
+
+    report(0.03, f"downloading {len(labeled_tasks)} labeled images")
+    samples, labeled_ids = [], []
+    for task in labeled_tasks:
+        try:
+            path = services.loader.fetch_to_file(task.image)
+        except ImageError as error:
+            log.warning("project %s task %s: skipped for training: %s", job.project_id, task.id, error)
+            continue
+        samples.append(_labeled_image(path, regions_to_boxes(task.annotation["result"], config.from_name), config))
+        labeled_ids.append(task.id)
+    if not samples:
+        raise CycleError("no labeled image could be read; see the backend's log")
+
+    detector = _starting_model(services, job, config, strategy)
+    train_config = TrainConfig(
+        epochs=params.get("epochs", settings.train_epochs),
+        batch_size=settings.train_batch_size,
+        lr=settings.train_lr,
+    )
+    train, held_out = split_held_out(samples, settings.train_held_out_fraction, seed=train_config.seed)
+    work = settings.data_path / "jobs"
+    work.mkdir(parents=True, exist_ok=True)
+    result = train_detector(
+        detector,
+        train,
+        train_config,
+        held_out,
+        on_progress=lambda fraction, stage: report(0.05 + 0.6 * fraction, stage),
+        state_path=work / f"{job.id}.state",
+    )
+    metrics = dict(result.metrics)
+    if not held_out:
+        report(0.66, "evaluating (on the training images: too few to hold any out)")
+        metrics = {**evaluate(detector, train), "evaluated_on": "training images"}
+    metrics.update(epochs=result.epochs, stopped_early=result.stopped_early, seconds=round(result.seconds, 1))
+    metrics.update(labeled=len(samples), held_out=len(held_out))
+
+    report(0.7, "saving the new model version")
+    number = len(store.versions(job.project_id)) + 1
+    name = f"p{job.project_id}-v{number}"
+    root = settings.data_path / "models" / f"project-{job.project_id}"
+    record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics)
+    store.add_version(name, job.project_id, str(record.path), metrics)
+    services.models.activate(name)  # served only now: finished and evaluated
+    (work / f"{job.id}.state").unlink(missing_ok=True)
+
+    unlabeled = [t for t in tasks if t.annotation is None]
+    items = _score_and_push(services, job, project, config, detector, unlabeled, samples, strategy, name, report)
+
+    report(0.95, "writing exports")
+    cycle = len(store.cycles(job.project_id)) + 1
+    _export(services, job.project_id, cycle, name, detector.class_names, samples, items, metrics, strategy)
+    return name
+
+
+def _starting_model(services: CycleServices, job: Job, config: LabelConfig, strategy: str) -> Detector:
+    """Fine-tune the active version when its classes are the project's; else start afresh."""
+    settings = services.settings
+    active = services.store.active_version(job.project_id)
+    if active and not job.params.get("from_scratch"):
+        detector = Detector.load(Path(active.path) / "model.pt", device=settings.model_device)
+        if detector.class_names == config.labels:
+            return detector
+        log.info(
+            "project %s: labels changed since %s; training from the pretrained backbone", job.project_id, active.name
+        )
+    torch.manual_seed(0)
+    return Detector.create(
+        settings.model_detector,
+        config.labels,
+        pretrained=settings.model_pretrained,
+        image_size=settings.model_image_size or None,
+        device=settings.model_device,
+        loss_head="loss_head" in SCORERS[strategy].needs,
+    )
+
+
+def _score_and_push(services, job, project, config, detector, unlabeled, samples, strategy, version, report):
+    settings = services.settings
+    report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
+    paths, by_path = [], {}
+    for task in unlabeled:
+        try:
+            path = str(services.loader.fetch_to_file(task.image))
+        except ImageError as error:
+            log.warning("project %s task %s: not scored: %s", job.project_id, task.id, error)
+            continue
+        paths.append(path)
+        by_path.setdefault(path, []).append(task)
+    regions: dict[str, list[dict]] = {}
+    kept: dict[str, Detections] = {}
+
+    def keep(path: str, det: Detections) -> None:
+        regions[path] = detections_to_regions(det, detector.class_names, config, settings.prediction_score_threshold)
+        kept[path] = det.above(settings.prediction_score_threshold)
+
+    params = {"aggregation": job.params.get("aggregation", settings.al_aggregation)} if _aggregates(strategy) else {}
+    context = ScoringContext(labeled=samples, budget=settings.al_budget)
+    scored = score_pool(detector, paths, strategy, params, context, settings.predict_batch_size, on_detections=keep)
+    items, scores = [], []
+    for path, score in zip(scored.keys, scored.scores, strict=True):
+        for task in by_path[path]:
+            items.append((task, path, score, TaskPrediction(task.id, regions[path], score.normalized)))
+            scores.append(TaskScore(task.id, version, score.scorer, score.value, score.normalized))
+    services.store.save_scores(job.project_id, scores)
+
+    report(0.85, f"pushing {len(items)} predictions and priorities to Label Studio")
+    predictions = [item[3] for item in items]
+    project.push_predictions(predictions, version)
+    project.write_priorities(predictions, {task.id: task.data for task, *_ in items})
+    services.store.save_view(job.project_id, project.ensure_priority_view())
+    project.set_model_version(version, settings.set_uncertainty_sampling)
+    return [(task, path, score, kept[path]) for task, path, score, _ in items]
+
+
+def _aggregates(strategy: str) -> bool:
+    return issubclass(SCORERS[strategy], UncertaintyScorer)
+
+
+def _export(services, project_id, cycle, version, class_names, samples, items, metrics, strategy) -> None:
+    folder = services.exports / f"project-{project_id}"
+    rows = [{"image": task.image, "score": score.normalized, "task_id": task.id} for task, _, score, _ in items]
+    csv_path = write_cycle_csv(rows, folder / f"cycle_{cycle}.csv")
+    selected = sorted(items, key=lambda item: (-item[2].normalized, item[0].id))[: services.settings.al_budget]
+    write_coco(
+        [LabeledImage(path, det.boxes, det.labels) for _, path, _, det in selected],
+        class_names,
+        folder / f"cycle_{cycle}_selection.json",
+        file_names=[task.image for task, *_ in selected],
+    )
+    services.store.add_cycle(
+        Cycle(
+            project_id,
+            cycle,
+            version,
+            len(samples),
+            metrics.get("map"),
+            metrics.get("map50"),
+            strategy,
+            str(csv_path),
+            time.time(),
+        )
+    )
+    history = [
+        {
+            "cycle": c.cycle,
+            "version": c.version,
+            "labeled": c.labeled,
+            "map": c.map,
+            "map50": c.map50,
+            "strategy": c.strategy,
+        }
+        for c in services.store.cycles(project_id)
+    ]
+    write_history(history, folder)

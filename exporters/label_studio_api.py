@@ -1,0 +1,89 @@
+"""Everything the backend asks of Label Studio, through label-studio-sdk: reading a project's
+tasks and annotations, and pushing a cycle's results (predictions, task priorities, a sorted
+Data Manager view, the project's model version and sampling)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from label_studio_sdk import LabelStudio
+
+log = logging.getLogger(__name__)
+
+PRIORITY_VIEW_TITLE = "Most informative first"
+PRIORITY_KEY = "priority"
+
+
+@dataclass(frozen=True)
+class TaskPrediction:
+    """One task's share of a cycle: its regions and informativeness in [0, 1]."""
+
+    task_id: int
+    regions: list[dict]
+    informativeness: float
+
+
+def prediction_payload(item: TaskPrediction, model_version: str) -> dict:
+    # Label Studio's Uncertainty sampling serves the LOWEST prediction score first.
+    return {
+        "task": item.task_id,
+        "result": item.regions,
+        "score": round(1.0 - item.informativeness, 6),
+        "model_version": model_version,
+    }
+
+
+class LabelStudioProject:
+    def __init__(self, url: str, api_key: str, project_id: int, workers: int = 8):
+        self.client = LabelStudio(base_url=url, api_key=api_key)
+        self.project_id = project_id
+        self.workers = workers
+
+    def label_config(self) -> str:
+        return self.client.projects.get(id=self.project_id).label_config
+
+    def tasks(self) -> Iterator[dict]:
+        """Every task with its annotations, page after page."""
+        for task in self.client.tasks.list(project=self.project_id, fields="all", page_size=500):
+            yield task.dict() if hasattr(task, "dict") else dict(task)
+
+    def push_predictions(self, items: Sequence[TaskPrediction], model_version: str, chunk: int = 500) -> None:
+        """Predictions in bulk (one request per ``chunk`` tasks)."""
+        payloads = [prediction_payload(item, model_version) for item in items]
+        for start in range(0, len(payloads), chunk):
+            self.client.projects.import_predictions(id=self.project_id, request=payloads[start : start + chunk])
+
+    def write_priorities(self, items: Sequence[TaskPrediction], task_data: dict[int, dict]) -> None:
+        """``data.priority`` = informativeness on each task, so a view can sort by it. Label Studio
+        has no bulk update of task data: the PATCHes run in parallel."""
+
+        def patch(item: TaskPrediction) -> None:
+            data = {**task_data[item.task_id], PRIORITY_KEY: round(item.informativeness, 6)}
+            self.client.tasks.update(id=str(item.task_id), data=data)
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            list(pool.map(patch, items))
+
+    def ensure_priority_view(self) -> int:
+        """A Data Manager tab ordered by priority, highest first; created once, reused after."""
+        for view in self.client.views.list(project=self.project_id):
+            if (view.data or {}).get("title") == PRIORITY_VIEW_TITLE:
+                return view.id
+        data = {
+            "title": PRIORITY_VIEW_TITLE,
+            "ordering": [f"-tasks:data.{PRIORITY_KEY}"],
+            # PostgreSQL sorts JSON fields as text unless the column is declared a number.
+            "columnsDisplayType": {f"tasks:data.{PRIORITY_KEY}": "Number"},
+        }
+        return self.client.views.create(project=self.project_id, data=data).id
+
+    def set_model_version(self, model_version: str, uncertainty_sampling: bool) -> None:
+        """Make the pushed version the one Label Studio counts; predictions of any other
+        version stop counting for ordering (the model-version trap)."""
+        fields = {"model_version": model_version}
+        if uncertainty_sampling:
+            fields["sampling"] = "Uncertainty sampling"
+        self.client.projects.update(id=self.project_id, **fields)
