@@ -1,7 +1,10 @@
 """`python -m backend`: serve the app with gunicorn, one process (the model is loaded once)
-and SERVER_THREADS request threads, on HOST:PORT."""
+and SERVER_THREADS request threads, on HOST:PORT. `python -m backend connect ...` registers
+the backend with a Label Studio project (see backend/connect.py)."""
 
 from __future__ import annotations
+
+import sys
 
 from gunicorn.app.base import BaseApplication
 
@@ -32,6 +35,10 @@ class Server(BaseApplication):
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["connect"]:
+        from .connect import main as connect_main
+
+        sys.exit(connect_main(sys.argv[2:]))
     settings = Settings.load()
     configure_logging(settings.log_level, settings.secrets)
     Server(settings).run()
