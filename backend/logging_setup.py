@@ -26,3 +26,6 @@ def configure_logging(level: str, secrets: tuple[str, ...]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # One line per HTTP call to Label Studio drowns the log; keep their warnings only.
+    for chatty in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

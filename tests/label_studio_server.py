@@ -52,8 +52,9 @@ class BackendProcess:
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
+        """SIGTERM to the server and its worker (gunicorn shuts down gracefully)."""
         if self.process.poll() is None:
-            self.process.terminate()
+            os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
 
 

@@ -57,14 +57,10 @@ def cycle(label_studio_server, image_server, shapes, tmp_path_factory):  # noqa:
         "AL_BUDGET": "10",
     }
     backend = start_backend(env, state / "backend.log")
-    yield {
-        "ls": ls,
-        "project": project.id,
-        "tasks": dict(zip(imported.task_ids, samples)),
-        "backend": backend,
-        "urls": urls,
-    }
-    backend.stop()
+    shared = {"ls": ls, "project": project.id, "tasks": dict(zip(imported.task_ids, samples)), "urls": urls}
+    shared["backend"] = backend
+    yield shared
+    shared["backend"].stop()  # the one running now: a test restarts it
 
 
 def test_connect_puts_credentials_on_the_webhook(cycle, label_studio_server):  # noqa: F811

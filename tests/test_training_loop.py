@@ -1,0 +1,108 @@
+"""The training loop's guarantees: held-out split, early stopping, best weights, resume,
+non-finite stop, COCO mAP, atomic model versions and refusing broken ones."""
+
+import json
+
+import pytest
+import torch
+
+from al_core.datasets import SHAPE_CLASSES
+from al_core.detectors import Detector
+from al_core.evaluation import evaluate
+from al_core.training import NonFiniteLoss, TrainConfig, plateaued, split_held_out, train_detector
+from al_core.versions import read_version, write_version
+from backend.models import Models, VersionError
+from backend.store import Store
+
+
+def test_plateau_rule_hand_computed():
+    history = [{"map": m} for m in (0.10, 0.30, 0.31, 0.305, 0.31)]
+    # last 3 changes: 0.01, 0.005, 0.005 -> mean 0.00667
+    assert plateaued(history, window=3, delta=0.01)
+    assert not plateaued(history, window=3, delta=0.005)
+    assert not plateaued(history[:3], window=3, delta=1.0)  # not enough evaluations yet
+
+
+def test_held_out_split_is_seeded_and_skipped_for_tiny_sets(shapes):
+    samples = shapes["train"][:20]
+    train, held = split_held_out(samples, 0.2, seed=1)
+    again = split_held_out(samples, 0.2, seed=1)
+    assert len(held) == 4 and len(train) == 16 and [s.path for s in held] == [s.path for s in again[1]]
+    assert not set(s.path for s in held) & set(s.path for s in train)
+    assert split_held_out(samples[:4], 0.2, seed=1) == (samples[:4], [])
+
+
+def fresh():
+    torch.manual_seed(0)
+    return Detector.create("cpu_preset", SHAPE_CLASSES)
+
+
+def test_early_stop_keeps_the_best_weights(shapes):
+    detector = fresh()
+    config = TrainConfig(epochs=6, min_epochs=2, early_stop_window=1, early_stop_delta=1.0, warmup_iters=5)
+    result = train_detector(detector, shapes["train"][:20], config, held_out=shapes["test"][:4])
+    assert result.stopped_early and result.epochs == 2 and len(result.history) == 2
+    assert result.metrics["map"] == max(h["map"] for h in result.history)
+    assert detector.version.trained
+
+
+def test_resume_continues_from_the_saved_epoch(shapes, tmp_path):
+    state = tmp_path / "run.state"
+    samples = shapes["train"][:20]  # 5 steps an epoch
+    first = train_detector(fresh(), samples, TrainConfig(epochs=2, warmup_iters=5), state_path=state)
+    assert first.iterations == 10 and state.exists()
+    resumed = train_detector(fresh(), samples, TrainConfig(epochs=3, warmup_iters=5), state_path=state)
+    assert resumed.iterations == 15 and resumed.epochs == 3  # one more epoch, not three
+
+
+def test_a_non_finite_loss_stops_before_the_step(shapes, monkeypatch):
+    detector = fresh()
+    before = {k: v.clone() for k, v in detector.model.state_dict().items()}
+    monkeypatch.setattr(
+        detector.model.head, "compute_loss", lambda *a, **k: {"loss": torch.tensor(float("nan"), requires_grad=True)}
+    )
+    with pytest.raises(NonFiniteLoss, match="loss is nan at step 0"):
+        train_detector(detector, shapes["train"][:4], TrainConfig(epochs=1))
+    after = detector.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_coco_map_of_the_trained_checkpoint(trained_detector, shapes):
+    metrics = evaluate(trained_detector, shapes["test"])
+    assert metrics["map50"] > 0.8 and 0 < metrics["map"] <= metrics["map50"]
+    assert evaluate(fresh(), shapes["test"])["map50"] < 0.05
+
+
+def test_versions_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    detector = fresh()
+    record = write_version(tmp_path, "p1-v1", detector, {"epochs": 1}, [3, 1], {"map": 0.5})
+    assert record.labeled_ids == (1, 3) and record.class_names == SHAPE_CLASSES and record.metrics == {"map": 0.5}
+    assert Detector.load(record.checkpoint).version.name == "p1-v1"
+    with pytest.raises(FileExistsError):
+        write_version(tmp_path, "p1-v1", detector, {}, [], {})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dumps", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_version(tmp_path, "p1-v2", detector, {}, [], {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p1-v1"]  # no half version, no temp dir
+
+
+def test_a_broken_version_is_refused_and_the_active_one_stays(tmp_path, untrained_detector):
+    store = Store(tmp_path / "state.sqlite3")
+    models = Models(untrained_detector, store, "cpu")
+    good = write_version(tmp_path / "models", "p1-v1", fresh(), {}, [1], {})
+    store.add_version("p1-v1", 1, str(good.path), {})
+    models.activate("p1-v1")
+    broken = write_version(tmp_path / "models", "p1-v2", fresh(), {}, [1], {})
+    (broken.path / "model.pt").write_bytes(b"garbage")
+    store.add_version("p1-v2", 1, str(broken.path), {})
+    with pytest.raises(VersionError, match="cannot be loaded"):
+        models.activate("p1-v2")
+    assert store.active_version(1).name == "p1-v1" and models.for_project(1).version.name == "p1-v1"
+    assert models.for_project(2) is untrained_detector
+    (good.path / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="not a complete model version"):
+        read_version(good.path)
