@@ -13,7 +13,7 @@ import sys
 from .datasets import DatasetError, read_dataset
 from .detectors import DETECTORS, Detector
 from .scoring import AGGREGATIONS, SCORERS, ScoringContext
-from .training import TrainConfig, train_detector
+from .training import TrainConfig, split_held_out, train_detector
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.add_argument("--version", default="v1", help="version name stored in the checkpoint")
+    train.add_argument("--held-out", type=float, default=0.0, help="share of images held out to measure mAP")
+    train.add_argument("--state", help="training state file: saved every epoch, resumed from when it exists")
     train.add_argument("--out", required=True)
     return parser
 
@@ -90,11 +92,16 @@ def train_command(args: argparse.Namespace) -> int:
         args.detector, data.class_names, args.pretrained, device=args.device, loss_head=args.loss_head
     )
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    result = train_detector(detector, data.images, config, show_progress=True)
+    train, held_out = split_held_out(data.images, args.held_out, seed=args.seed)
+    result = train_detector(detector, train, config, held_out, show_progress=True, state_path=args.state)
     detector.save(args.out, args.version)
     print(
-        f"trained {result.iterations} steps in {result.seconds:.0f} s (last loss {result.final_loss:.3f}) -> {args.out}"
+        f"trained {result.iterations} steps in {result.seconds:.0f} s, last loss {result.final_loss:.3f} -> {args.out}"
     )
+    if result.metrics:
+        stopped = " (stopped early)" if result.stopped_early else ""
+        metrics = result.metrics
+        print(f"held-out mAP {metrics['map']:.3f}, mAP@0.5 {metrics['map50']:.3f}, epochs {result.epochs}{stopped}")
     return 0
 
 
