@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from pathlib import Path
 
 from .datasets import DatasetError, read_dataset
 from .detectors import DETECTORS, Detector
@@ -59,7 +60,24 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--held-out", type=float, default=0.0, help="share of images held out to measure mAP")
     train.add_argument("--state", help="training state file: saved every epoch, resumed from when it exists")
     train.add_argument("--out", required=True)
+    simulate = commands.add_parser("simulate", help="replay annotation cycles with the labels as the oracle")
+    simulate.add_argument("--config", required=True, help="a YAML file; see bench/simulation/")
+    simulate.add_argument("--out-dir", help="overrides the config's out_dir")
+    simulate.add_argument("--seeds", type=int, nargs="+", help="overrides the config's seeds")
     return parser
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    from .simulation import SimulationConfig, simulate
+    from .simulation_report import markdown, write_report
+
+    config = SimulationConfig.load(args.config, out_dir=args.out_dir, seeds=args.seeds)
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    rows = simulate(config)
+    paths = write_report(rows, config.out_dir)
+    print(markdown(rows))
+    print("\n" + ", ".join(f"{kind}: {path}" for kind, path in paths.items()))
+    return 0
 
 
 def score_command(args: argparse.Namespace) -> int:
@@ -108,7 +126,8 @@ def train_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"score": score_command, "train": train_command}[args.command](args)
+        commands = {"score": score_command, "train": train_command, "simulate": simulate_command}
+        return commands[args.command](args)
     except (DatasetError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,118 @@
+"""A simulation's rows -> a Markdown table, a plot of mAP against labels spent, and per
+strategy the two figures users care about:
+- mean gain over random: the mean over cycles of (strategy's mean mAP@0.5 - random's), in points;
+- labels saved: 1 - L / L_random, where L_random is random's final labeled count and L the
+  labeled count at which the strategy's mean curve first reaches random's final mAP@0.5
+  (linear interpolation between cycles); "not reached" when it never does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def curves(rows: list[dict], x: str = "labeled_images") -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    grouped = frame.groupby(["strategy", "cycle"])
+    return grouped.agg(
+        labeled=(x, "mean"),
+        map50_mean=("map50", "mean"),
+        map50_std=("map50", "std"),
+        map_mean=("map", "mean"),
+        seeds=("seed", "nunique"),
+        train_seconds=("train_seconds", "mean"),
+        scoring_seconds=("scoring_seconds", "mean"),
+    ).reset_index()
+
+
+def reach(labeled: np.ndarray, values: np.ndarray, target: float) -> float | None:
+    """The labeled count where the curve first reaches ``target`` (interpolated), or None."""
+    for i in range(len(values)):
+        if values[i] >= target:
+            if i == 0:
+                return float(labeled[0])
+            fraction = (target - values[i - 1]) / (values[i] - values[i - 1])
+            return float(labeled[i - 1] + fraction * (labeled[i] - labeled[i - 1]))
+    return None
+
+
+def summary(rows: list[dict], baseline: str = "random", x: str = "labeled_images") -> pd.DataFrame:
+    table = curves(rows, x)
+    if baseline not in set(table["strategy"]):
+        raise ValueError(f"the simulation has no {baseline!r} run to compare with")
+    base = table[table["strategy"] == baseline].sort_values("cycle")
+    target, base_labels = base["map50_mean"].iloc[-1], base["labeled"].iloc[-1]
+    result = []
+    for strategy, group in table.groupby("strategy"):
+        group = group.sort_values("cycle")
+        gains = group["map50_mean"].to_numpy() - base["map50_mean"].to_numpy()[: len(group)]
+        reached = reach(group["labeled"].to_numpy(), group["map50_mean"].to_numpy(), target)
+        result.append(
+            {
+                "strategy": strategy,
+                "final_map50": group["map50_mean"].iloc[-1],
+                "final_map50_std": group["map50_std"].iloc[-1],
+                "mean_gain_map50_points": 100 * gains.mean(),
+                "labels_saved": None if reached is None else 1 - reached / base_labels,
+                "train_seconds_per_cycle": group["train_seconds"].mean(),
+                "scoring_seconds_per_cycle": group["scoring_seconds"].mean(),
+            }
+        )
+    return pd.DataFrame(result).sort_values("mean_gain_map50_points", ascending=False).reset_index(drop=True)
+
+
+def plot(rows: list[dict], path: str | Path, x: str = "labeled_images") -> Path:
+    table = curves(rows, x)
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for strategy, group in table.groupby("strategy"):
+        group = group.sort_values("cycle")
+        style = {"color": "black", "linestyle": "--", "linewidth": 2} if strategy == "random" else {}
+        axis.plot(group["labeled"], 100 * group["map50_mean"], marker="o", label=strategy, **style)
+        spread = 100 * group["map50_std"].fillna(0)
+        axis.fill_between(
+            group["labeled"], 100 * group["map50_mean"] - spread, 100 * group["map50_mean"] + spread, alpha=0.12
+        )
+    axis.set_xlabel("labeled images" if x == "labeled_images" else "labeled boxes")
+    axis.set_ylabel("mAP@0.5 on the test split (mean ± std over seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["strategy", "final mAP@0.5", "mean gain over random (mAP@0.5 points)"]
+    header += ["labels saved to reach random's final mAP", "train s/cycle", "scoring s/cycle"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for r in summary(rows).itertuples():
+        saved = "not reached" if r.labels_saved is None or pd.isna(r.labels_saved) else f"{100 * r.labels_saved:.0f}%"
+        spread = 0.0 if pd.isna(r.final_map50_std) else 100 * r.final_map50_std
+        cells = [r.strategy, f"{100 * r.final_map50:.1f} ± {spread:.1f}", f"{r.mean_gain_map50_points:+.2f}", saved]
+        cells += [f"{r.train_seconds_per_cycle:.0f}", f"{r.scoring_seconds_per_cycle:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = curves(rows)
+    per_cycle = table.pivot(index="cycle", columns="strategy", values="map50_mean")
+    labeled = table.groupby("cycle")["labeled"].mean()
+    lines += ["", "| cycle | labeled images | " + " | ".join(per_cycle.columns) + " |"]
+    lines.append("|---" * (len(per_cycle.columns) + 2) + "|")
+    for cycle, values in per_cycle.iterrows():
+        lines.append(f"| {cycle} | {labeled[cycle]:.0f} | " + " | ".join(f"{100 * v:.1f}" for v in values) + " |")
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+    summary(rows).to_json(out / "summary.json", orient="records", indent=2)
+    (out / "report.md").write_text(markdown(rows) + "\n")
+    return {"csv": out / "results.csv", "plot": plot(rows, out / "map_vs_labels.png"), "table": out / "report.md"}
