@@ -1,0 +1,112 @@
+"""The simulator's machinery on tiny data (1 seed, 2 cycles, 2 strategies), its resume, its
+report arithmetic, and the digit-canvas generator."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+import yaml
+
+from al_core import cli
+from al_core.datasets import DigitCanvasConfig, generate_digit_canvases, read_dataset, write_digit_canvases
+from al_core.simulation import SimulationConfig, select, simulate
+from al_core.simulation_report import reach, summary, write_report
+from al_core.types import LabeledImage
+
+
+def test_digit_canvases_have_exact_boxes_a_long_tail_and_near_duplicates(tmp_path):
+    config = DigitCanvasConfig(seed=3, long_tail=1.0, near_duplicates=0.3)
+    samples = generate_digit_canvases(tmp_path / "a", 120, config)
+    again = generate_digit_canvases(tmp_path / "b", 120, config)
+    assert all(torch.equal(x.boxes, y.boxes) for x, y in zip(samples, again))  # seeded
+    counts = Counter(label for s in samples for label in s.labels.tolist())
+    assert counts.most_common()[0][1] >= 4 * counts.most_common()[-1][1]  # long tail
+    shifted = sum(
+        len(a.labels) == len(b.labels) and torch.equal(a.labels, b.labels) and (a.boxes - b.boxes).abs().max() <= 2
+        for a, b in zip(samples, samples[1:])
+    )
+    assert 0.15 * 120 <= shifted <= 0.5 * 120  # near copies of the previous canvas
+    for sample in samples:
+        assert 1 <= len(sample.labels) <= 4
+        assert (sample.boxes[:, :2] >= 0).all() and (sample.boxes[:, 2:] <= 128).all()
+        sides = sample.boxes[:, 2:] - sample.boxes[:, :2]
+        assert (sides > 2).all() and (sides <= 40).all()
+    uniform = generate_digit_canvases(tmp_path / "c", 120, DigitCanvasConfig(seed=3, long_tail=0.0))
+    flat = Counter(label for s in uniform for label in s.labels.tolist())
+    assert flat.most_common()[0][1] < 3 * flat.most_common()[-1][1]
+
+
+def test_written_set_reads_back_as_coco(tmp_path):
+    path = write_digit_canvases(tmp_path, 10, DigitCanvasConfig(seed=1))
+    data = read_dataset(path)
+    assert len(data.images) == 10 and data.class_names == tuple("0123456789")
+
+
+def test_budget_in_boxes():
+    pool = [LabeledImage("x", torch.zeros(n, 4), torch.zeros(n, dtype=torch.long)) for n in (3, 1, 4, 2)]
+    assert select([2, 0, 1, 3], pool, 5, "boxes") == [2, 0]  # 4 boxes, then 7 >= 5
+    assert select([2, 0, 1, 3], pool, 2, "images") == [2, 0]
+
+
+def test_reach_and_summary_hand_computed():
+    assert reach([10, 20, 30], [0.2, 0.4, 0.6], 0.5) == pytest.approx(25.0)
+    assert reach([10, 20], [0.2, 0.3], 0.5) is None
+    rows = []
+    for strategy, maps in {"random": [0.2, 0.4, 0.5], "smart": [0.2, 0.5, 0.6]}.items():
+        for cycle, value in enumerate(maps):
+            rows.append({"strategy": strategy, "seed": 0, "cycle": cycle, "labeled_images": 10 * (cycle + 1),
+                         "map50": value, "map": value / 2, "train_seconds": 1.0, "scoring_seconds": 0.5})  # fmt: skip
+    table = summary(rows).set_index("strategy")
+    assert table.loc["smart", "mean_gain_map50_points"] == pytest.approx(100 * (0 + 0.1 + 0.1) / 3)
+    # random ends at 0.5 with 30 images; smart reaches 0.5 at 20 images: a third saved
+    assert table.loc["smart", "labels_saved"] == pytest.approx(1 / 3)
+
+
+def test_simulation_smoke_runs_resumes_and_reports(tmp_path):
+    config_file = tmp_path / "smoke.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "out_dir": str(tmp_path / "out"),
+                "dataset": {"generate": {"count": 48, "seed": 0}},
+                "test_fraction": 0.25,
+                "seeds": [0],
+                "initial": 6,
+                "per_cycle": 6,
+                "cycles": 2,
+                "epochs_first": 2,
+                "epochs_per_cycle": 1,
+                "strategies": ["random", {"name": "entropy", "params": {"aggregation": "mean"}}],
+            }
+        )
+    )
+    assert cli.main(["simulate", "--config", str(config_file)]) == 0
+    out = tmp_path / "out"
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["strategy"], r["cycle"], r["labeled_images"]) for r in rows] == [
+        (s, c, 6 * (c + 1)) for s in ("random", "entropy") for c in range(3)
+    ]
+    assert all(0 <= r["map50"] <= 1 for r in rows)
+    assert rows[1]["rule"] == "random" and rows[4]["rule"] == "entropy"
+    assert (out / "map_vs_labels.png").stat().st_size > 1000 and "| random |" in (out / "report.md").read_text()
+    # Same seed, same initial set for every strategy.
+    first = json.loads((out / "runs" / "random__seed0" / "cycle_0.json").read_text())["labeled"]
+    assert first == json.loads((out / "runs" / "entropy__seed0" / "cycle_0.json").read_text())["labeled"]
+    # Resume: drop the last cycle of one run; only that cycle runs again.
+    (out / "runs" / "entropy__seed0" / "cycle_2.json").unlink()
+    config = SimulationConfig.load(config_file)
+    again = simulate(config, progress=False)
+    assert [r["train_seconds"] for r in again[:5]] == [r["train_seconds"] for r in rows[:5]]
+    assert len(again) == 6
+    write_report(again, out)
+
+
+def test_bad_simulation_configs(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"out_dir": "x", "dataset": {}, "strategies": ["oracle"]}))
+    with pytest.raises(ValueError, match="unknown strategies"):
+        SimulationConfig.load(path)
+    path.write_text(yaml.safe_dump({"out_dir": "x", "dataset": {}, "strategies": ["random", "random"]}))
+    with pytest.raises(ValueError, match="distinct"):
+        SimulationConfig.load(path)
