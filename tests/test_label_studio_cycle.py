@@ -177,3 +177,41 @@ def test_a_killed_training_leaves_the_old_version_served(cycle):
     assert restarted.post(f"/versions/p{project}-v1/activate").json()["active"] == f"p{project}-v1"
     assert restarted.get(f"/versions?project={project}").json()["active"] == f"p{project}-v1"
     assert restarted.post("/versions/nope/activate").status_code == 404
+
+
+def test_a_label_studio_json_export_reads_back(label_studio_server, shapes, tmp_path):  # noqa: F811
+    """Tasks with local-files URLs, annotated through the API, exported by Label Studio itself."""
+    import json
+    from pathlib import Path
+
+    import requests
+    import torch
+
+    from al_core.datasets import read_dataset
+
+    ls = LabelStudio(base_url=label_studio_server.url, api_key=label_studio_server.token)
+    project = ls.projects.create(title="Export round trip", label_config=CONFIG)
+    samples = shapes["test"][:3]
+    request = [{"image": f"/data/local-files/?d=test/{Path(s.path).name}"} for s in samples]
+    task_ids = ls.projects.import_tasks(id=project.id, request=request, return_task_ids=True).task_ids
+    for task_id, sample in zip(task_ids, samples):
+        result = [
+            {
+                "from_name": "boxes", "to_name": "img", "type": "rectanglelabels",
+                "original_width": 128, "original_height": 128,
+                "value": {**box_to_percent(box, 128, 128), "rotation": 0, "rectanglelabels": [CLASSES[label]]},
+            }
+            for box, label in zip(sample.boxes.tolist(), sample.labels.tolist())
+        ]  # fmt: skip
+        ls.annotations.create(id=task_id, result=result)
+    headers = {"Authorization": f"Token {label_studio_server.token}"}
+    url = f"{label_studio_server.url}/api/projects/{project.id}/export?exportType=JSON"
+    export = requests.get(url, headers=headers, timeout=60).json()
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(export))
+    data = read_dataset(path, image_root=shapes["root"])
+    assert data.class_names == CLASSES
+    by_path = {image.path: image for image in data.images}
+    for sample in samples:
+        read = by_path[str(shapes["root"] / "test" / Path(sample.path).name)]
+        assert torch.allclose(read.boxes, sample.boxes, atol=1e-3) and torch.equal(read.labels, sample.labels)
