@@ -26,6 +26,18 @@ CLASSES = ("circle", "square", "triangle")
 LABELED = 16
 
 
+def truth_regions(sample) -> list[dict]:
+    """The sample's true boxes as the RectangleLabels regions a person would draw."""
+    return [
+        {
+            "from_name": "boxes", "to_name": "img", "type": "rectanglelabels",
+            "original_width": 128, "original_height": 128,
+            "value": {**box_to_percent(box, 128, 128), "rotation": 0, "rectanglelabels": [CLASSES[label]]},
+        }
+        for box, label in zip(sample.boxes.tolist(), sample.labels.tolist())
+    ]  # fmt: skip
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -84,15 +96,7 @@ def test_annotations_train_a_model_and_triggers_coalesce(cycle):
     ls, backend, project = cycle["ls"], cycle["backend"], cycle["project"]
     labeled = list(cycle["tasks"].items())[:LABELED]
     for task_id, sample in labeled:
-        result = [
-            {
-                "from_name": "boxes", "to_name": "img", "type": "rectanglelabels",
-                "original_width": 128, "original_height": 128,
-                "value": {**box_to_percent(box, 128, 128), "rotation": 0, "rectanglelabels": [CLASSES[label]]},
-            }
-            for box, label in zip(sample.boxes.tolist(), sample.labels.tolist())
-        ]  # fmt: skip
-        ls.annotations.create(id=task_id, result=result)
+        ls.annotations.create(id=task_id, result=truth_regions(sample))
     # The 16th ANNOTATION_CREATED (webhook with credentials) starts a run.
     first = wait_for(
         lambda: backend.get(f"/jobs?project={project}").json()["jobs"], 60, "the threshold to start a job"
@@ -195,15 +199,7 @@ def test_a_label_studio_json_export_reads_back(label_studio_server, shapes, tmp_
     request = [{"image": f"/data/local-files/?d=test/{Path(s.path).name}"} for s in samples]
     task_ids = ls.projects.import_tasks(id=project.id, request=request, return_task_ids=True).task_ids
     for task_id, sample in zip(task_ids, samples):
-        result = [
-            {
-                "from_name": "boxes", "to_name": "img", "type": "rectanglelabels",
-                "original_width": 128, "original_height": 128,
-                "value": {**box_to_percent(box, 128, 128), "rotation": 0, "rectanglelabels": [CLASSES[label]]},
-            }
-            for box, label in zip(sample.boxes.tolist(), sample.labels.tolist())
-        ]  # fmt: skip
-        ls.annotations.create(id=task_id, result=result)
+        ls.annotations.create(id=task_id, result=truth_regions(sample))
     headers = {"Authorization": f"Token {label_studio_server.token}"}
     url = f"{label_studio_server.url}/api/projects/{project.id}/export?exportType=JSON"
     export = requests.get(url, headers=headers, timeout=60).json()
