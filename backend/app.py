@@ -255,12 +255,15 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         project = request.args.get("project")
         project_id = parse_project_id(project) if project else None
         listed = store.versions(project_id)
-        active = [v.name for v in listed if v.active]
-        if project_id is not None:
-            active = [models.for_project(project_id).version.name]
+        # For a project: the version serving it; otherwise every project's active version.
+        active = (
+            models.for_project(project_id).version.name
+            if project_id is not None
+            else [v.name for v in listed if v.active]
+        )
         return jsonify(
             versions=[base.version.name] + [v.name for v in listed],
-            active=active[0] if len(active) == 1 else active,
+            active=active,
             details=[
                 {"name": v.name, "project": v.project_id, "active": v.active, "metrics": v.metrics} for v in listed
             ],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,15 +188,22 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
 def _score_and_push(services, job, project, config, detector, unlabeled, samples, strategy, version, report):
     settings = services.settings
     report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
-    paths, by_path = [], {}
-    for task in unlabeled:
+
+    def fetch(task: _Task) -> str | None:
         try:
-            path = str(services.loader.fetch_to_file(task.image))
+            return str(services.loader.fetch_to_file(task.image))
         except ImageError as error:
             log.warning("project %s task %s: not scored: %s", job.project_id, task.id, error)
-            continue
-        paths.append(path)
-        by_path.setdefault(path, []).append(task)
+            return None
+
+    paths, by_path = [], {}
+    with ThreadPoolExecutor(settings.fetch_workers) as pool:
+        for task, path in zip(unlabeled, pool.map(fetch, unlabeled), strict=True):
+            if path is None:
+                continue
+            if path not in by_path:  # two tasks may share an image: score it once
+                paths.append(path)
+            by_path.setdefault(path, []).append(task)
     regions: dict[str, list[dict]] = {}
     kept: dict[str, Detections] = {}
 

@@ -105,7 +105,8 @@ class Detector:
         return cls(model, version, checkpoint["image_size"], resolve_device(device))
 
     def save(self, path: str | Path, version_name: str) -> None:
-        """Write weights, classes and architecture to ``path`` (via a temp file, then rename)."""
+        """Write weights, classes and architecture to ``path`` (via a temp file, then rename);
+        from then on this detector is that version."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
