@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from al_core.detectors import Detector
+from al_core.detectors.loss_head import attach_loss_head
 from al_core.evaluation import evaluate
 from al_core.pool import score_pool
 from al_core.scoring import SCORERS, ScoringContext
@@ -98,8 +99,9 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     store.reset_annotation_events(job.project_id)
 
     report(0.01, "fetching annotations from Label Studio")
-    config = parse_label_config(project.label_config())
-    store.save_project(job.project_id, project.label_config())
+    config_xml = project.label_config()
+    config = parse_label_config(config_xml)
+    store.save_project(job.project_id, config_xml)
     tasks = []
     for task in project.tasks():
         image = task["data"].get(config.image_key)
@@ -110,12 +112,7 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
 
     report(0.03, f"downloading {len(labeled_tasks)} labeled images")
     samples, labeled_ids = [], []
-    for task in labeled_tasks:
-        try:
-            path = services.loader.fetch_to_file(task.image)
-        except ImageError as error:
-            log.warning("project %s task %s: skipped for training: %s", job.project_id, task.id, error)
-            continue
+    for task, path in _fetch_images(services, job, labeled_tasks):
         samples.append(_labeled_image(path, regions_to_boxes(task.annotation["result"], config.from_name), config))
         labeled_ids.append(task.id)
     if not samples:
@@ -146,9 +143,11 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     metrics.update(labeled=len(samples), held_out=len(held_out))
 
     report(0.7, "saving the new model version")
-    number = len(store.versions(job.project_id)) + 1
-    name = f"p{job.project_id}-v{number}"
     root = settings.data_path / "models" / f"project-{job.project_id}"
+    number = len(store.versions(job.project_id)) + 1
+    while (root / f"p{job.project_id}-v{number}").exists():  # left by a run that died after writing it
+        number += 1
+    name = f"p{job.project_id}-v{number}"
     record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics)
     store.add_version(name, job.project_id, str(record.path), metrics)
     services.models.activate(name)  # served only now: finished and evaluated
@@ -163,6 +162,22 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     return name
 
 
+def _fetch_images(services: CycleServices, job: Job, tasks: list[_Task]) -> list[tuple[_Task, Path]]:
+    """(task, local image file) for every task whose image can be read, fetched in parallel;
+    the others are logged and left out."""
+
+    def fetch(task: _Task) -> Path | None:
+        try:
+            return services.loader.fetch_to_file(task.image)
+        except ImageError as error:
+            log.warning("project %s task %s: image left out: %s", job.project_id, task.id, error)
+            return None
+
+    with ThreadPoolExecutor(services.settings.fetch_workers) as pool:
+        paths = list(pool.map(fetch, tasks))
+    return [(task, path) for task, path in zip(tasks, paths, strict=True) if path is not None]
+
+
 def _starting_model(services: CycleServices, job: Job, config: LabelConfig, strategy: str) -> Detector:
     """Fine-tune the active version when its classes are the project's; else start afresh."""
     settings = services.settings
@@ -170,6 +185,8 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
     if active and not job.params.get("from_scratch"):
         detector = Detector.load(Path(active.path) / "model.pt", device=settings.model_device)
         if detector.class_names == config.labels:
+            if "loss_head" in SCORERS[strategy].needs and not detector.has_loss_head:
+                attach_loss_head(detector.model)  # the strategy changed to learning loss
             return detector
         log.info(
             "project %s: labels changed since %s; training from the pretrained backbone", job.project_id, active.name
@@ -189,21 +206,11 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     settings = services.settings
     report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
 
-    def fetch(task: _Task) -> str | None:
-        try:
-            return str(services.loader.fetch_to_file(task.image))
-        except ImageError as error:
-            log.warning("project %s task %s: not scored: %s", job.project_id, task.id, error)
-            return None
-
     paths, by_path = [], {}
-    with ThreadPoolExecutor(settings.fetch_workers) as pool:
-        for task, path in zip(unlabeled, pool.map(fetch, unlabeled), strict=True):
-            if path is None:
-                continue
-            if path not in by_path:  # two tasks may share an image: score it once
-                paths.append(path)
-            by_path.setdefault(path, []).append(task)
+    for task, path in _fetch_images(services, job, unlabeled):
+        if str(path) not in by_path:  # two tasks may share an image: score it once
+            paths.append(str(path))
+        by_path.setdefault(str(path), []).append(task)
     regions: dict[str, list[dict]] = {}
     kept: dict[str, Detections] = {}
 
