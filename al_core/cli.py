@@ -77,6 +77,10 @@ def simulate_command(args: argparse.Namespace) -> int:
     paths = write_report(rows, config.out_dir)
     print(markdown(rows))
     print("\n" + ", ".join(f"{kind}: {path}" for kind, path in paths.items()))
+    print(
+        f"reproduce: python -m al_core simulate --config {args.config}"
+        + (f" --out-dir {args.out_dir}" if args.out_dir else "")
+    )
     return 0
 
 
