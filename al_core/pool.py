@@ -12,8 +12,9 @@ from tqdm import tqdm
 from .detectors import Detector
 from .images import load_rgb
 from .scoring import PoolImage, Scorer, ScoringContext, create_scorer
+from .scoring.class_quality import class_quality
 from .selection import Selection, top_k
-from .types import Detections, ImageScore
+from .types import Detections, ImageScore, LabeledImage
 
 COLD_START_RULE = "cold start: coreset over the pretrained backbone's image features (the head is untrained)"
 
@@ -37,6 +38,14 @@ def image_features(detector: Detector, paths: Sequence[str], batch_size: int = 1
     for start in range(0, len(paths), batch_size):
         rows += [d.image_features for d in detector.predict([load_rgb(p) for p in paths[start : start + batch_size]])]
     return torch.stack(rows) if rows else torch.zeros(0)
+
+
+def labeled_class_quality(detector: Detector, labeled: Sequence[LabeledImage], batch_size: int = 16) -> torch.Tensor:
+    """PPAL's per-class quality of the detector on the labeled images."""
+    detections = []
+    for start in range(0, len(labeled), batch_size):
+        detections += detector.predict([load_rgb(s.path) for s in labeled[start : start + batch_size]])
+    return class_quality(detections, labeled, len(detector.class_names))
 
 
 def check_needs(scorer: Scorer, detector: Detector, context: ScoringContext) -> None:
@@ -72,6 +81,8 @@ def score_pool(
     check_needs(scorer, detector, context)
     if context.labeled and context.labeled_features is None and scorer.needs & {"labeled_set", "image_features"}:
         context.labeled_features = image_features(detector, [s.path for s in context.labeled], batch_size)
+    if context.labeled and context.class_quality is None and "class_quality" in scorer.needs:
+        context.class_quality = labeled_class_quality(detector, context.labeled, batch_size)
     scores: list[ImageScore] = []
     for start in tqdm(range(0, len(paths), batch_size), desc=f"scoring ({rule})", disable=not progress):
         chunk = paths[start : start + batch_size]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -33,8 +33,9 @@ from .types import LabeledImage
 @dataclass(frozen=True)
 class StrategySpec:
     name: str
-    params: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)  # the scorer's parameters
     label: str = ""
+    train: dict = field(default_factory=dict)  # TrainConfig fields this strategy changes
 
     @property
     def key(self) -> str:
@@ -82,6 +83,10 @@ class SimulationConfig:
             raise ValueError("budget_unit is 'images' or 'boxes'")
         if len({s.key for s in self.strategies}) != len(self.strategies):
             raise ValueError("two strategies share a name: give them distinct 'label's")
+        known = {f.name for f in fields(TrainConfig)}
+        for spec in self.strategies:
+            if set(spec.train) - known:
+                raise ValueError(f"{spec.key}: unknown training fields {sorted(set(spec.train) - known)}")
 
 
 def load_data(config: SimulationConfig) -> tuple[list[LabeledImage], list[LabeledImage], tuple[str, ...]]:
@@ -148,7 +153,9 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
                 config.detector, class_names, config.pretrained, config.image_size or None, config.device, needs_head
             )
         epochs = config.epochs_first if cycle == 0 or not config.fine_tune else config.epochs_per_cycle
-        train_config = TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=seed + cycle)
+        train_config = TrainConfig(
+            epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=seed + cycle, **strategy.train
+        )
         samples = [pool[i] for i in labeled]
         result = train_detector(detector, samples, train_config)
         metrics = evaluate(detector, test)

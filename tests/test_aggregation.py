@@ -8,7 +8,7 @@ import torch
 from al_core.scoring import AGGREGATIONS, create_scorer
 from al_core.scoring.aggregation import aggregate
 from al_core.scoring.base import PoolImage, ScoringContext
-from al_core.scoring.class_quality import ClassQuality, difficulty_weights
+from al_core.scoring.class_quality import class_quality, difficulty_weights
 from al_core.scoring.uncertainty import entropy, least_confidence, margin
 from al_core.types import Detections, LabeledImage
 
@@ -88,14 +88,16 @@ def test_class_balanced_weights_lie_in_1_to_1_2():
     assert value == pytest.approx(0.5 * 1.0 + 0.5 * 1.2)
 
 
-def test_class_quality_is_a_running_mean_of_score_and_iou():
-    tracker = ClassQuality(num_classes=2, momentum=0.5)
-    truth = LabeledImage("x", torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([1]))
-    prediction = det([0.64], labels=[1])
-    prediction.boxes = torch.tensor([[0.0, 0, 10, 5]])  # IoU 0.5
-    quality = tracker.update([prediction], [truth])
-    assert quality[1].item() == pytest.approx(0.5 * 0.64**0.6 * 0.5**0.4)
-    assert quality[0].item() == 0.0
+def test_class_quality_is_the_mean_of_score_and_iou_over_positives():
+    truths = [
+        LabeledImage("a", torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]]), torch.tensor([1, 1])),
+        LabeledImage("b", torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([2])),
+    ]
+    found = det([0.64], labels=[1])
+    found.boxes = torch.tensor([[0.0, 0, 10, 5]])  # IoU 0.5 with the first box, 0 with the second
+    quality = class_quality([found, det([])], truths, num_classes=3)
+    # class 1: (0.64^0.6 * 0.5^0.4 + 0) / 2; class 2: missed -> 0; class 0: never seen -> 0
+    assert quality.tolist() == pytest.approx([0.0, 0.64**0.6 * 0.5**0.4 / 2, 0.0])
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)

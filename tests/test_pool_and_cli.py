@@ -118,3 +118,11 @@ def test_weighted_combination_of_scorers(trained_detector, pool_folder):
         assert w.parts == pytest.approx({"entropy": e.normalized, "random": r.normalized})
     with pytest.raises(ValueError, match="weights"):
         score_pool(trained_detector, paths, "weighted", {"weights": {}})
+
+
+def test_class_balanced_scoring_measures_class_quality_on_the_labeled_images(trained_detector, shapes, pool_folder):
+    paths = sorted(str(p) for p in pool_folder.glob("*.png"))[:6]
+    context = ScoringContext(labeled=shapes["train"][:12])
+    scored = score_pool(trained_detector, paths, "entropy", {"aggregation": "class_balanced"}, context)
+    assert context.class_quality.shape == (3,) and (context.class_quality > 0.3).all()
+    assert all(s.aggregation == "class_balanced" for s in scored.scores)

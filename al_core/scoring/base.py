@@ -28,6 +28,7 @@ NEEDS = frozenset(
         "augmented_pass",  # a second forward pass on transformed images
         "gradients",
         "labeled_set",
+        "class_quality",  # how well each class is learned, from the labeled images
     }
 )
 

@@ -1,8 +1,10 @@
 """How well each class is learned, for PPAL's difficulty-calibrated weights (DCUS, CVPR 2024).
 
-q_c is a running mean (EMA, momentum 0.99) of p^0.6 * IoU^0.4 over the positives of class c:
-for each ground-truth box, the best-overlapping prediction of its class, p its score. A class
-the model has not learned has q_c = 0 and weight 1 + u = 1.2; a perfectly learned one weight 1.
+q_c is the mean of p^0.6 * IoU^0.4 over the positives of class c: for each ground-truth box,
+the best-overlapping prediction of its class, p its score (0 when there is none). PPAL keeps an
+EMA (momentum 0.99) of it, updated every training iteration, which tracks this mean; here it
+is computed directly on the labeled images after each training run. A class the model has not
+learned has q_c = 0 and weight 1 + u = 1.2; a perfectly learned one weight 1.
 """
 
 from __future__ import annotations
@@ -24,21 +26,15 @@ def difficulty_weights(quality: torch.Tensor, alpha: float = ALPHA, u: float = U
     return 1.0 + alpha * u * torch.log(b * (1.0 - quality.clamp(0, 1)) + 1.0)
 
 
-class ClassQuality:
-    def __init__(self, num_classes: int, momentum: float = 0.99):
-        self.momentum = momentum
-        self.quality = torch.zeros(num_classes)
-
-    def update(self, detections: Sequence[Detections], truths: Sequence[LabeledImage]) -> torch.Tensor:
-        """Fold one evaluation of the labeled images into the running estimate."""
-        for det, truth in zip(detections, truths, strict=True):
-            for box, label in zip(truth.boxes, truth.labels.tolist(), strict=True):
-                same = det.labels == label
-                quality = 0.0
-                if same.any():
-                    ious = box_iou(box[None], det.boxes[same])[0]
-                    best = int(ious.argmax())
-                    quality = float(det.scores[same][best] ** 0.6 * ious[best] ** 0.4)
-                m = self.momentum
-                self.quality[label] = m * self.quality[label] + (1 - m) * quality
-        return self.quality
+def class_quality(detections: Sequence[Detections], truths: Sequence[LabeledImage], num_classes: int) -> torch.Tensor:
+    """(C,) mean p^0.6 * IoU^0.4 over each class's ground-truth boxes (0 for unseen classes)."""
+    total, count = torch.zeros(num_classes), torch.zeros(num_classes)
+    for det, truth in zip(detections, truths, strict=True):
+        for box, label in zip(truth.boxes, truth.labels.tolist(), strict=True):
+            same = det.labels == label
+            if same.any():
+                ious = box_iou(box[None], det.boxes[same])[0]
+                best = int(ious.argmax())
+                total[label] += float(det.scores[same][best] ** 0.6 * ious[best] ** 0.4)
+            count[label] += 1
+    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros(num_classes))

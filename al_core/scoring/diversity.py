@@ -150,6 +150,7 @@ class UncertaintyDiversityScorer(Scorer):
 
     def __init__(self, uncertainty: str = "entropy", aggregation: str = "class_balanced", candidates_factor: int = 4):
         self.uncertainty = create_scorer(uncertainty, aggregation=aggregation)
+        self.needs = type(self).needs | self.uncertainty.needs
         self.candidates_factor = candidates_factor
         self._heap: list[tuple[float, int, _BoxRecord]] = []  # the most uncertain, bounded
         self._seen = 0

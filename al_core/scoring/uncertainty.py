@@ -53,6 +53,8 @@ class UncertaintyScorer(Scorer):
     def __init__(self, aggregation: str = "mean", fallback_candidates: int = 10):
         self.aggregation = check_aggregation(aggregation)
         self.fallback_candidates = fallback_candidates
+        if aggregation == "class_balanced":
+            self.needs = type(self).needs | {"class_quality"}
 
     @staticmethod
     def box_values(q: torch.Tensor) -> torch.Tensor:
