@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import label_studio  # noqa: E402
+from label_studio import free_port  # noqa: E402, F401  (one way to find a free port)
 
 BACKEND_USER, BACKEND_PASSWORD = "ls-backend", "backend-pass-7d3f"
 

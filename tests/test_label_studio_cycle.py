@@ -13,8 +13,7 @@ from al_core.datasets import generate_shapes
 from backend.connect import connect
 from exporters.label_studio_regions import box_to_percent
 
-from .label_studio_server import BACKEND_PASSWORD, BACKEND_USER, label_studio_server, start_backend  # noqa: F401
-from .test_served_process import _free_port
+from .label_studio_server import BACKEND_PASSWORD, BACKEND_USER, free_port, label_studio_server, start_backend  # noqa: F401
 
 CONFIG = """<View>
   <Image name="img" value="$image"/>
@@ -57,7 +56,7 @@ def cycle(label_studio_server, image_server, shapes, tmp_path_factory):  # noqa:
     imported = ls.projects.import_tasks(id=project.id, request=[{"image": u} for u in urls], return_task_ids=True)
     state = tmp_path_factory.mktemp("backend-state")
     env = {
-        "PORT": str(_free_port()),
+        "PORT": str(free_port()),
         "DATA_DIR": str(state),
         "LABEL_STUDIO_URL": label_studio_server.url,
         "LABEL_STUDIO_API_KEY": label_studio_server.token,

@@ -2,7 +2,6 @@
 checkpoint: boxes of good tasks land on the known objects, a broken task gets an error."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,20 +15,15 @@ from al_core.datasets import SHAPE_CLASSES
 from exporters.label_studio_regions import percent_to_box
 
 from .conftest import ROOT, SHAPES_CONFIG
+from .label_studio_server import free_port
 
 PASSWORD = "pass-9f8e7d6c"
 LABELS = {"Circle": "circle", "Square": "square", "triangle": "triangle"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def served(tmp_path, trained_checkpoint, image_server, shapes):
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PORT": str(port),
