@@ -234,6 +234,9 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     project.write_priorities(predictions, {task.id: task.data for task, *_ in items})
     services.store.save_view(job.project_id, project.ensure_priority_view())
     project.set_model_version(version, settings.set_uncertainty_sampling)
+    # The new version replaces the backend's older ones in the editor (never other tools' versions).
+    older = [v.name for v in services.store.versions(job.project_id) if v.name != version]
+    project.delete_predictions([*older, services.models.base.version.name])
     return [(task, path, score, kept[path]) for task, path, score, _ in items]
 
 

@@ -80,6 +80,21 @@ class LabelStudioProject:
         }
         return self.client.views.create(project=self.project_id, data=data).id
 
+    def delete_predictions(self, model_versions: Sequence[str]) -> int:
+        """Remove every prediction of these model versions (the backend's older ones), so the
+        annotator sees one pre-annotation per task: the newest. Call it after the project's
+        model version moved on: deleting the project's current version also clears that field.
+        Returns how many predictions went."""
+        http = self.client._client_wrapper.httpx_client  # the SDK has no call for this endpoint
+        deleted = 0
+        for version in model_versions:
+            response = http.request(
+                f"api/projects/{self.project_id}/model-versions/", method="DELETE", json={"model_version": version}
+            )
+            response.raise_for_status()
+            deleted += response.json().get("deleted_predictions", 0)
+        return deleted
+
     def set_model_version(self, model_version: str, uncertainty_sampling: bool) -> None:
         """Make the pushed version the one Label Studio counts; predictions of any other
         version stop counting for ordering (the model-version trap)."""

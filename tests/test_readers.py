@@ -91,3 +91,51 @@ def test_label_studio_export_takes_the_latest_valid_annotation(shapes, tmp_path)
 def test_folder_lists_images_sorted(shapes):
     data = read_dataset(shapes["root"] / "test")
     assert data.paths == sorted(s.path for s in shapes["test"]) and data.class_names == ()
+
+
+def test_coco_file_names_from_elsewhere_are_found_by_name(shapes, tmp_path):
+    """Label Studio's COCO export writes paths relative to a temporary folder of the server's."""
+    samples = shapes["test"][:2]
+    path = write_coco(samples, SHAPE_CLASSES, tmp_path / "result.json")
+    coco = json.loads(path.read_text())
+    for image in coco["images"]:
+        image["file_name"] = "../tmpxyz/media/upload/1/" + image["file_name"].split("/")[-1]
+    path.write_text(json.dumps(coco))
+    data = read_dataset(path, image_root=shapes["root"] / "test")
+    assert [image.path for image in data.images] == [s.path for s in samples]
+    twin = shapes["root"] / "test" / "twin"
+    twin.mkdir()
+    (twin / samples[0].path.split("/")[-1]).write_bytes(open(samples[0].path, "rb").read())
+    with pytest.raises(DatasetError, match="matches 2 files"):
+        read_dataset(path, image_root=shapes["root"] / "test")
+    (twin / samples[0].path.split("/")[-1]).unlink()
+    twin.rmdir()
+
+
+def test_label_studio_csv_export(shapes, tmp_path):
+    import pandas as pd
+
+    sample = shapes["test"][0]
+    name = sample.path.split("/")[-1]
+    values = [
+        {**box_to_percent(box, 128, 128), "rotation": 0, "rectanglelabels": [SHAPE_CLASSES[label]]}
+        | {"original_width": 128, "original_height": 128}
+        for box, label in zip(sample.boxes.tolist(), sample.labels.tolist())
+    ]
+    rows = [
+        {"annotation_id": 1, "boxes": json.dumps(values), "id": 7, "image": f"/data/local-files/?d=test/{name}"},
+        {"annotation_id": "", "boxes": "", "id": 8, "image": f"/data/local-files/?d=test/{name}"},
+    ]
+    path = tmp_path / "export.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    data = read_dataset(path, image_root=shapes["root"])
+    assert torch.allclose(data.images[0].boxes, sample.boxes, atol=1e-4)
+    assert [data.class_names[i] for i in data.images[0].labels] == [SHAPE_CLASSES[i] for i in sample.labels]
+    assert len(data.images[1].boxes) == 0
+    values[0]["width"] = -3
+    pd.DataFrame([{**rows[0], "boxes": json.dumps(values)}]).to_csv(path, index=False)
+    with pytest.raises(DatasetError, match="line 2: empty box"):
+        read_dataset(path, image_root=shapes["root"])
+    pd.DataFrame([{"picture": "x.png"}]).to_csv(path, index=False)
+    with pytest.raises(DatasetError, match="no 'image' column"):
+        read_dataset(path, image_root=shapes["root"])

@@ -4,10 +4,14 @@
 - COCO JSON (``images``, ``annotations``, ``categories``; bbox = [x, y, width, height]);
 - Pascal VOC: a folder with ``Annotations/*.xml`` (1-based pixel corners) and the images;
 - a Label Studio JSON export (a list of tasks): RectangleLabels of each task's latest
-  non-cancelled annotation, ground-truth annotations first.
+  non-cancelled annotation, ground-truth annotations first;
+- a Label Studio CSV export: one row per task, the image in column ``image`` and each
+  RectangleLabels tag's regions as a JSON list in the tag's column.
 Paths in COCO and Label Studio files are resolved against ``image_root`` (default: the file's
 folder); Label Studio's ``/data/local-files/?d=x`` -> ``image_root/x``, ``/data/upload/p/f`` ->
-``image_root/upload/p/f`` (``image_root`` = Label Studio's media folder).
+``image_root/upload/p/f`` (``image_root`` = Label Studio's media folder). A COCO ``file_name``
+that is not there (Label Studio's COCO export writes paths relative to a temporary folder) is
+looked up by its file name under ``image_root``; it must be unique there.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import torch
+
+from exporters.label_studio_regions import choose_annotation, regions_to_boxes  # the one place that converts
 
 from ..types import LabeledImage
 
@@ -61,6 +67,14 @@ def _existing(path: Path, where: str) -> Path:
     return path
 
 
+def _by_file_name(root: Path) -> dict[str, list[Path]]:
+    index: dict[str, list[Path]] = {}
+    for path in root.rglob("*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            index.setdefault(path.name, []).append(path)
+    return index
+
+
 def read_folder(folder: Path) -> Dataset:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     return Dataset([_labeled(p, [], []) for p in paths], ())
@@ -84,9 +98,19 @@ def read_coco(path: Path, image_root: Path | None = None) -> Dataset:
             _check_box([x, y, x + w, y + h], *sizes[ann["image_id"]], where)
             per_image[ann["image_id"]][0].append([x, y, x + w, y + h])
             per_image[ann["image_id"]][1].append(index[ann["category_id"]])
-        images = [
-            _labeled(_existing(root / img["file_name"], path.name), *per_image[img["id"]]) for img in data["images"]
-        ]
+        index: dict[str, list[Path]] | None = None  # built only when a file_name is not where it says
+
+        def image_path(file_name: str) -> Path:
+            nonlocal index
+            if (root / file_name).is_file():
+                return root / file_name
+            index = _by_file_name(root) if index is None else index
+            found = index.get(Path(file_name).name, [])
+            if len(found) > 1:
+                raise DatasetError(f"{path.name}: {file_name} matches {len(found)} files under {root}")
+            return _existing(found[0] if found else root / file_name, path.name)
+
+        images = [_labeled(image_path(img["file_name"]), *per_image[img["id"]]) for img in data["images"]]
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, DatasetError):
             raise
@@ -139,7 +163,6 @@ def label_studio_image_path(url: str, root: Path) -> Path:
 
 
 def read_label_studio(path: Path, image_root: Path | None = None, image_key: str | None = None) -> Dataset:
-    from exporters.label_studio_regions import choose_annotation, regions_to_boxes  # the one place that converts
 
     root = image_root or path.parent
     try:
@@ -171,6 +194,48 @@ def read_label_studio(path: Path, image_root: Path | None = None, image_key: str
     )
 
 
+def read_label_studio_csv(path: Path, image_root: Path | None = None, image_key: str = "image") -> Dataset:
+    import pandas as pd
+
+    root = image_root or path.parent
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise DatasetError(f"{path} is not a readable CSV file: {error}") from None
+    if image_key not in table.columns:
+        raise DatasetError(f"{path.name}: no '{image_key}' column (columns: {', '.join(table.columns)})")
+    rows, names = [], set()
+    for number, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
+        where = f"{path.name}: line {number}"
+        objects = []
+        for column, cell in row.items():
+            if column == image_key or not cell.startswith("[{"):
+                continue
+            try:
+                values = json.loads(cell)
+            except json.JSONDecodeError:
+                continue  # a text column that happens to look like JSON
+            for value in values:
+                if not isinstance(value, dict) or "rectanglelabels" not in value:
+                    continue
+                region = {"type": "rectanglelabels", "value": value}
+                try:
+                    region.update(original_width=value["original_width"], original_height=value["original_height"])
+                    found = regions_to_boxes([region])
+                except (KeyError, TypeError, ValueError) as error:
+                    raise DatasetError(f"{where}: column {column} holds a region that is not a box: {error}") from None
+                for label, box in found:
+                    _check_box(list(box), value["original_width"], value["original_height"], where)
+                    names.add(label)
+                    objects.append((label, box))
+        rows.append((_existing(label_studio_image_path(row[image_key], root), where), objects))
+    class_names = tuple(sorted(names))
+    return Dataset(
+        [_labeled(image, [list(b) for _, b in objs], [class_names.index(n) for n, _ in objs]) for image, objs in rows],
+        class_names,
+    )
+
+
 def read_dataset(source: str | Path, image_root: str | Path | None = None) -> Dataset:
     """Any of the supported forms, told apart by what ``source`` is."""
     source = Path(source)
@@ -179,8 +244,12 @@ def read_dataset(source: str | Path, image_root: str | Path | None = None) -> Da
         return read_voc(source) if (source / "Annotations").is_dir() else read_folder(source)
     if not source.is_file():
         raise DatasetError(f"{source} does not exist")
+    if source.suffix.lower() == ".csv":
+        return read_label_studio_csv(source, root)
     if source.suffix.lower() != ".json":
-        raise DatasetError(f"{source}: give a folder, a COCO or Label Studio .json file, or a VOC folder")
+        raise DatasetError(
+            f"{source}: give a folder, a COCO or Label Studio .json file, a Label Studio .csv export, or a VOC folder"
+        )
     try:
         head = json.loads(source.read_text())
     except json.JSONDecodeError as error:
