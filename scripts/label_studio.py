@@ -63,6 +63,7 @@ def start(
     executable = install()
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    Path(files_root or data_dir).mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {
         **os.environ,
@@ -93,6 +94,34 @@ def start(
         time.sleep(1)
     stop(process.pid)
     raise TimeoutError(f"Label Studio did not answer /health within {timeout} s; see {data_dir / 'label_studio.log'}")
+
+
+def upload_images(url: str, token: str, project_id: int, paths: list[Path]) -> int:
+    """Import image files by upload, as the UI's "Import" does; returns the number of tasks."""
+    # One form key per file: Label Studio keeps only the last file of a repeated key.
+    files = {f"file{i}": (Path(p).name, Path(p).read_bytes(), "image/png") for i, p in enumerate(paths)}
+    answer = requests.post(
+        f"{url}/api/projects/{project_id}/import", headers={"Authorization": f"Token {token}"}, files=files, timeout=120
+    )
+    answer.raise_for_status()
+    return answer.json()["task_count"]
+
+
+def add_local_storage(client, project_id: int, folder: Path, title: str = "images") -> int:
+    """A Local Storage connection over ``folder`` (under the served document root), synced:
+    one task per image, with ``/data/local-files/?d=...`` URLs. Returns the storage id."""
+    storage = client.import_storage.local.create(
+        project=project_id, path=str(folder), regex_filter=r".*\.(png|jpe?g)", use_blob_urls=True, title=title
+    )
+    client.import_storage.local.sync(id=storage.id)
+    return storage.id
+
+
+def personal_access_token(url: str, token: str) -> str:
+    """A new personal access token (a JWT refresh token) of the user that ``token`` belongs to."""
+    answer = requests.post(f"{url}/api/token/", headers={"Authorization": f"Token {token}"}, timeout=30)
+    answer.raise_for_status()
+    return answer.json()["token"]
 
 
 def stop(pid: int, timeout: float = 20) -> None:

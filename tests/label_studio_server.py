@@ -25,7 +25,8 @@ BACKEND_USER, BACKEND_PASSWORD = "ls-backend", "backend-pass-7d3f"
 @pytest.fixture(scope="session")
 def label_studio_server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("label-studio")
-    server = label_studio.start(data_dir, files_root=data_dir)
+    # Local files are served from the media folder, so one image_root reads every export.
+    server = label_studio.start(data_dir, files_root=data_dir / "media")
     yield server
     server.stop()
 

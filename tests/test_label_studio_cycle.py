@@ -3,17 +3,36 @@ process: connect, annotate, train from the annotation threshold, Label Studio's 
 button and POST /train (coalesced), then check versions, predictions, ordering and exports;
 finally a training killed mid-run leaves the previous version served."""
 
+import io
+import re
+import shutil
+import subprocess
+import sys
 import time
+import zipfile
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
+import torch
 from label_studio_sdk import LabelStudio
+from prometheus_client.parser import text_string_to_metric_families
 
-from al_core.datasets import generate_shapes
-from backend.connect import connect
-from exporters.label_studio_regions import box_to_percent
+from al_core.datasets import generate_shapes, read_dataset
+from exporters.label_studio_api import LabelStudioProject
+from exporters.label_studio_regions import box_to_percent, percent_to_box
 
-from .label_studio_server import BACKEND_PASSWORD, BACKEND_USER, free_port, label_studio_server, start_backend  # noqa: F401
+from .label_studio_server import (  # noqa: F401
+    BACKEND_PASSWORD,
+    BACKEND_USER,
+    ROOT,
+    free_port,
+    label_studio,
+    label_studio_server,
+    start_backend,
+)
 
 CONFIG = """<View>
   <Image name="img" value="$image"/>
@@ -47,19 +66,58 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def sample_of(url: str, by_name: dict):
+    """The generated sample behind a task's image URL, whichever way it was imported."""
+    return next(sample for name, sample in by_name.items() if url.endswith(name))
+
+
+def metric(backend, name: str, **labels) -> float:
+    text = backend.get("/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 @pytest.fixture(scope="module")
 def cycle(label_studio_server, image_server, shapes, tmp_path_factory):  # noqa: F811
+    """40 tasks imported three ways: 8 uploaded, 12 from a Local Storage, 20 by http URL."""
     samples = generate_shapes(shapes["root"] / "lspool", 40, seed=11)
+    by_name = {Path(s.path).name: s for s in samples}
     ls = LabelStudio(base_url=label_studio_server.url, api_key=label_studio_server.token)
     project = ls.projects.create(title="Active learning cycle", label_config=CONFIG)
-    urls = [f"{image_server.url}/lspool/{s.path.split('/')[-1]}" for s in samples]
-    imported = ls.projects.import_tasks(id=project.id, request=[{"image": u} for u in urls], return_task_ids=True)
+    assert (
+        label_studio.upload_images(
+            label_studio_server.url, label_studio_server.token, project.id, [s.path for s in samples[:8]]
+        )
+        == 8
+    )
+    folder = label_studio_server.data_dir / "media" / "cycle-local"
+    folder.mkdir()
+    for sample in samples[8:20]:
+        shutil.copy(sample.path, folder)
+    label_studio.add_local_storage(ls, project.id, folder)
+    urls = [f"{image_server.url}/lspool/{Path(s.path).name}" for s in samples[20:]]
+    ls.projects.import_tasks(id=project.id, request=[{"image": u} for u in urls])
+    listed = wait_for(
+        lambda: (t := list(ls.tasks.list(project=project.id, fields="all"))) and len(t) == 40 and t, 60, "40 tasks"
+    )
+    tasks = {t.id: sample_of(t.data["image"], by_name) for t in listed}
+    kinds = {
+        t.id: (
+            "upload" if "/data/upload/" in t.data["image"] else "local" if "local-files" in t.data["image"] else "http"
+        )
+        for t in listed
+    }
+    assert sorted(Counter(kinds.values()).items()) == [("http", 20), ("local", 12), ("upload", 8)]
     state = tmp_path_factory.mktemp("backend-state")
     env = {
         "PORT": str(free_port()),
         "DATA_DIR": str(state),
         "LABEL_STUDIO_URL": label_studio_server.url,
-        "LABEL_STUDIO_API_KEY": label_studio_server.token,
+        "LABEL_STUDIO_API_KEY": label_studio_server.token,  # the legacy token; the PAT test uses a PAT
         "BASIC_AUTH_USER": BACKEND_USER,
         "BASIC_AUTH_PASS": BACKEND_PASSWORD,
         "FETCH_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}",
@@ -68,34 +126,40 @@ def cycle(label_studio_server, image_server, shapes, tmp_path_factory):  # noqa:
         "AL_BUDGET": "10",
     }
     backend = start_backend(env, state / "backend.log")
-    shared = {"ls": ls, "project": project.id, "tasks": dict(zip(imported.task_ids, samples)), "urls": urls}
+    # Five uploaded, five local and six http tasks get labeled.
+    order = sorted(tasks, key=lambda i: (kinds[i], i))
+    labeled = [i for i in order if kinds[i] == "upload"][:5] + [i for i in order if kinds[i] == "local"][:5]
+    labeled += [i for i in order if kinds[i] == "http"][:6]
+    shared = {"ls": ls, "project": project.id, "tasks": tasks, "kinds": kinds, "labeled": labeled, "urls": urls}
     shared["backend"] = backend
     yield shared
     shared["backend"].stop()  # the one running now: a test restarts it
 
 
-def test_connect_puts_credentials_on_the_webhook(cycle, label_studio_server):  # noqa: F811
+def test_connect_command_and_label_studio_connection_check(cycle, label_studio_server):  # noqa: F811
     ls, backend = cycle["ls"], cycle["backend"]
-    done = connect(
-        label_studio_server.url,
-        label_studio_server.token,
-        cycle["project"],
-        backend.url,
-        BACKEND_USER,
-        BACKEND_PASSWORD,
-    )
-    webhook = ls.webhooks.get(id=done.webhook_id)
+    command = [sys.executable, "-m", "backend", "connect", "--project", str(cycle["project"])]
+    command += ["--backend-url", backend.url, "--label-studio-url", label_studio_server.url]
+    command += ["--api-key", label_studio_server.token, "--user", BACKEND_USER, "--password", BACKEND_PASSWORD]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"ML backend (\d+), webhook (\d+) with credentials, model version (.*), view (\d+)", done.stdout)
+    ml_backend, webhook_id = int(found[1]), int(found[2])
+    webhook = ls.webhooks.get(id=webhook_id)
     assert webhook.headers["Authorization"].startswith("Basic ")
-    assert ls.projects.get(id=cycle["project"]).model_version == done.model_version
     assert any((v.data or {}).get("title") == "Most informative first" for v in ls.views.list(project=cycle["project"]))
-    cycle["ml_backend"] = done.ml_backend_id
+    # Label Studio's own check: reading the backend re-runs its health and setup calls.
+    assert ls.ml.get(id=ml_backend).state == "CO"
+    headers = {"Authorization": f"Token {label_studio_server.token}"}
+    versions = requests.get(f"{label_studio_server.url}/api/ml/{ml_backend}/versions", headers=headers, timeout=30)
+    assert versions.status_code == 200 and "versions" in versions.json()
+    cycle["ml_backend"] = ml_backend
 
 
 def test_annotations_train_a_model_and_triggers_coalesce(cycle):
     ls, backend, project = cycle["ls"], cycle["backend"], cycle["project"]
-    labeled = list(cycle["tasks"].items())[:LABELED]
-    for task_id, sample in labeled:
-        ls.annotations.create(id=task_id, result=truth_regions(sample))
+    for task_id in cycle["labeled"]:
+        ls.annotations.create(id=task_id, result=truth_regions(cycle["tasks"][task_id]))
     # The 16th ANNOTATION_CREATED (webhook with credentials) starts a run.
     first = wait_for(
         lambda: backend.get(f"/jobs?project={project}").json()["jobs"], 60, "the threshold to start a job"
@@ -127,13 +191,10 @@ def test_label_studio_serves_the_most_informative_task_first(cycle, label_studio
     assert backend.post("/setup", json={"project": f"{project}.1", "schema": CONFIG}).json()["model_version"] == version
     unlabeled = [t for t in ls.tasks.list(project=project, fields="all") if not t.annotations]
     assert len(unlabeled) == 40 - LABELED
-    for task in unlabeled:
-        mine = [p for p in task.predictions if p.model_version == version]
-        assert len(mine) == 1 and "priority" in task.data
-        assert mine[0].score == pytest.approx(1 - task.data["priority"], abs=1e-5)
+    for task in unlabeled:  # the new version's predictions replaced the old ones
+        assert [p.model_version for p in task.predictions] == [version] and "priority" in task.data
+        assert task.predictions[0].score == pytest.approx(1 - task.data["priority"], abs=1e-5)
     most_informative = max(unlabeled, key=lambda t: (t.data["priority"], -t.id))
-    import requests
-
     headers = {"Authorization": f"Token {label_studio_server.token}"}
     nxt = requests.get(f"{label_studio_server.url}/api/projects/{project}/next", headers=headers, timeout=30).json()
     assert nxt["data"]["priority"] == pytest.approx(most_informative.data["priority"])
@@ -147,17 +208,78 @@ def test_cycle_exports(cycle):
     backend, project = cycle["backend"], cycle["project"]
     answer = backend.get(f"/export/{project}.csv")
     assert answer.status_code == 200
-    table = pd.read_csv(__import__("io").StringIO(answer.text))
+    table = pd.read_csv(io.StringIO(answer.text))
     assert list(table.columns) == ["image", "entropy", "task_id"]
     assert len(table) == 40 - LABELED and table["entropy"].is_monotonic_decreasing
-    assert set(table["image"]) <= set(cycle["urls"])
-    folder = __import__("pathlib").Path(backend.env["DATA_DIR"]) / "exports" / f"project-{project}"
+    unlabeled = [t for t in cycle["ls"].tasks.list(project=project, fields="all") if not t.annotations]
+    assert set(table["image"]) == {t.data["image"] for t in unlabeled}
+    folder = Path(backend.env["DATA_DIR"]) / "exports" / f"project-{project}"
     history = pd.read_csv(folder / "history.csv")
     assert list(history["cycle"]) == [1, 2] and list(history["labeled"]) == [LABELED, LABELED]
     assert (folder / "cycle_2_selection.json").is_file() and (folder / "cycle_1.csv").is_file()
     versions = backend.get(f"/versions?project={project}").json()
     assert versions["active"] == f"p{project}-v2"
     assert versions["details"][-1]["metrics"]["map50"] > 0.2
+
+
+def iou(a, b) -> float:
+    from torchvision.ops import box_iou
+
+    return float(box_iou(torch.tensor([a]), torch.tensor([b]))[0, 0])
+
+
+def test_retrieve_predictions_action_fills_every_task_in_one_call(cycle, label_studio_server):  # noqa: F811
+    """Label Studio's Data Manager action "Retrieve Predictions": one batched /predict for all
+    40 tasks (uploaded, local-storage and http images, downloaded with the legacy token)."""
+    ls, backend, project_id = cycle["ls"], cycle["backend"], cycle["project"]
+    version = f"p{project_id}-v2"
+    project = LabelStudioProject(label_studio_server.url, label_studio_server.token, project_id)
+    project.delete_predictions([version])  # the action skips tasks that have one of this version
+    calls, images = (
+        metric(backend, "al_backend_requests_total", endpoint="/predict"),
+        metric(backend, "al_backend_images_scored_total"),
+    )
+    ls.actions.create(id="retrieve_tasks_predictions", project=project_id, selected_items={"all": True, "excluded": []})
+    assert metric(backend, "al_backend_requests_total", endpoint="/predict") - calls == 1
+    assert metric(backend, "al_backend_images_scored_total") - images == 40  # every image downloaded and scored
+    project.set_model_version(version, uncertainty_sampling=False)
+    found = total = 0
+    for task in ls.tasks.list(project=project_id, fields="all"):
+        assert [p.model_version for p in task.predictions] == [version]
+        if task.id not in cycle["labeled"]:
+            continue
+        # The images the model was trained on: its boxes land on the true objects.
+        sample = cycle["tasks"][task.id]
+        predicted = [
+            (percent_to_box(r["value"], r["original_width"], r["original_height"]), r["value"]["rectanglelabels"][0])
+            for r in task.predictions[0].result
+        ]
+        for box, label in zip(sample.boxes.tolist(), sample.labels.tolist()):
+            total += 1
+            found += any(iou(box, p) > 0.5 and name == CLASSES[label] for p, name in predicted)
+    cycle["recall"] = found / total
+    print(f"pre-annotations found {found} of {total} true boxes of the trained-on images")
+    assert found / total >= 0.9, f"{found} of {total} true boxes found in the pre-annotations"
+
+
+def test_a_personal_access_token_downloads_label_studio_images(cycle, label_studio_server, tmp_path):  # noqa: F811
+    """The cycle's backend downloads with the legacy token; this one with a PAT, which the SDK
+    exchanges for short-lived access tokens."""
+    token = label_studio.personal_access_token(label_studio_server.url, label_studio_server.token)
+    env = {**cycle["backend"].env, "PORT": str(free_port()), "DATA_DIR": str(tmp_path), "LABEL_STUDIO_API_KEY": token}
+    backend = start_backend(env, tmp_path / "backend.log")
+    try:
+        listed = cycle["ls"].tasks.list(project=cycle["project"])
+        tasks = [{"id": t.id, "data": t.data} for t in listed if cycle["kinds"][t.id] != "http"]
+        answer = backend.post(
+            "/predict", json={"tasks": tasks, "project": f"{cycle['project']}.1", "label_config": CONFIG}
+        )
+        results = answer.json()["results"]
+        assert len(results) == 20 and all("error" not in r for r in results), results
+    finally:
+        backend.stop()
+    log = (tmp_path / "backend.log").read_text()
+    assert token not in log and label_studio_server.token not in log
 
 
 def test_a_killed_training_leaves_the_old_version_served(cycle):
@@ -182,31 +304,42 @@ def test_a_killed_training_leaves_the_old_version_served(cycle):
     assert restarted.post("/versions/nope/activate").status_code == 404
 
 
-def test_a_label_studio_json_export_reads_back(label_studio_server, shapes, tmp_path):  # noqa: F811
-    """Tasks with local-files URLs, annotated through the API, exported by Label Studio itself."""
-    import json
-    from pathlib import Path
-
-    import requests
-    import torch
-
-    from al_core.datasets import read_dataset
-
+def test_label_studio_exports_read_back(label_studio_server, tmp_path):  # noqa: F811
+    """Uploaded and local-storage tasks, annotated through the API, exported by Label Studio
+    itself as JSON, CSV and COCO, read back by the data set readers with the true boxes."""
+    samples = generate_shapes(tmp_path / "images", 4, seed=21)
+    by_name = {Path(s.path).name: s for s in samples}
     ls = LabelStudio(base_url=label_studio_server.url, api_key=label_studio_server.token)
     project = ls.projects.create(title="Export round trip", label_config=CONFIG)
-    samples = shapes["test"][:3]
-    request = [{"image": f"/data/local-files/?d=test/{Path(s.path).name}"} for s in samples]
-    task_ids = ls.projects.import_tasks(id=project.id, request=request, return_task_ids=True).task_ids
-    for task_id, sample in zip(task_ids, samples):
-        ls.annotations.create(id=task_id, result=truth_regions(sample))
+    label_studio.upload_images(
+        label_studio_server.url, label_studio_server.token, project.id, [s.path for s in samples[:2]]
+    )
+    media = label_studio_server.data_dir / "media"
+    folder = media / f"export-{project.id}"
+    folder.mkdir()
+    for sample in samples[2:]:
+        shutil.copy(sample.path, folder)
+    label_studio.add_local_storage(ls, project.id, folder)
+    tasks = wait_for(lambda: (t := list(ls.tasks.list(project=project.id))) and len(t) == 4 and t, 60, "4 tasks")
+    for task in tasks:
+        ls.annotations.create(id=task.id, result=truth_regions(sample_of(task.data["image"], by_name)))
     headers = {"Authorization": f"Token {label_studio_server.token}"}
-    url = f"{label_studio_server.url}/api/projects/{project.id}/export?exportType=JSON"
-    export = requests.get(url, headers=headers, timeout=60).json()
-    path = tmp_path / "export.json"
-    path.write_text(json.dumps(export))
-    data = read_dataset(path, image_root=shapes["root"])
-    assert data.class_names == CLASSES
-    by_path = {image.path: image for image in data.images}
-    for sample in samples:
-        read = by_path[str(shapes["root"] / "test" / Path(sample.path).name)]
-        assert torch.allclose(read.boxes, sample.boxes, atol=1e-3) and torch.equal(read.labels, sample.labels)
+    exports = {}
+    for kind in ("JSON", "CSV", "COCO"):
+        url = f"{label_studio_server.url}/api/projects/{project.id}/export?exportType={kind}"
+        answer = requests.get(url, headers=headers, timeout=60)
+        assert answer.status_code == 200, answer.text
+        if kind == "COCO":  # a zip: result.json (and an images/ folder left empty for these tasks)
+            zipfile.ZipFile(io.BytesIO(answer.content)).extractall(tmp_path / "coco")
+            exports[kind] = tmp_path / "coco" / "result.json"
+        else:
+            exports[kind] = tmp_path / f"export.{kind.lower()}"
+            exports[kind].write_bytes(answer.content)
+    for kind, path in exports.items():
+        data = read_dataset(path, image_root=media)
+        assert len(data.images) == 4, kind
+        for image in data.images:
+            sample = by_name[next(name for name in by_name if image.path.endswith(name))]
+            # COCO's boxes are rounded to whole pixels by Label Studio's converter.
+            assert torch.allclose(image.boxes, sample.boxes, atol=1.0 if kind == "COCO" else 1e-3), kind
+            assert [data.class_names[i] for i in image.labels] == [CLASSES[i] for i in sample.labels], kind
