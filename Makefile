@@ -1,5 +1,6 @@
 # `make run`: set up .venv and serve on HOST:PORT (default 127.0.0.1:9090).
 # `make test`: set up, then run the test suite.
+# `make demo`: a real Label Studio and the backend, a digit project, simulated annotation cycles.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PORT ?= 9090
 TORCH_HOME ?= $(CURDIR)/data/torch_home
 export HOST PORT TORCH_HOME
 
-.PHONY: setup run test clean
+.PHONY: setup run test demo clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,14 +23,24 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# Debian's Chromium and its driver, for the browser check of the labeling editor.
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver
+
 setup: $(VENV)/.installed
 	$(PY) scripts/offline_weights.py
 
 run: setup
 	$(PY) -m backend
 
-test: setup $(VENV)/.dev-installed
+test: setup $(VENV)/.dev-installed $(CHROMEDRIVER)
 	$(PY) -m pytest tests
+
+demo: setup $(VENV)/.dev-installed $(CHROMEDRIVER)
+	$(PY) scripts/demo.py --screenshot data/demo/editor.png
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

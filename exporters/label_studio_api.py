@@ -68,7 +68,8 @@ class LabelStudioProject:
             list(pool.map(patch, items))
 
     def ensure_priority_view(self) -> int:
-        """A Data Manager tab ordered by priority, highest first; created once, reused after."""
+        """A Data Manager tab of the tasks nobody has labeled yet, highest priority first;
+        created once, reused after."""
         for view in self.client.views.list(project=self.project_id):
             if (view.data or {}).get("title") == PRIORITY_VIEW_TITLE:
                 return view.id
@@ -77,6 +78,13 @@ class LabelStudioProject:
             "ordering": [f"-tasks:data.{PRIORITY_KEY}"],
             # PostgreSQL sorts JSON fields as text unless the column is declared a number.
             "columnsDisplayType": {f"tasks:data.{PRIORITY_KEY}": "Number"},
+            # Labeled tasks keep the priority they had when chosen; the to-do list leaves them out.
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
+                ],
+            },
         }
         return self.client.views.create(project=self.project_id, data=data).id
 

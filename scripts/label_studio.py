@@ -38,6 +38,8 @@ class LabelStudioServer:
 
     def stop(self) -> None:
         stop(self.pid)
+        if self.process is not None:
+            self.process.wait(timeout=30)  # reap it: a zombie would keep its process group alive
 
 
 def install() -> Path:
@@ -131,13 +133,22 @@ def stop(pid: int, timeout: float = 20) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
+    while time.monotonic() < deadline and _group_alive(pid):
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    if _group_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of the group still runs (zombies, exited but not reaped, do not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
 
 
 def main() -> None:

@@ -262,6 +262,24 @@ def test_retrieve_predictions_action_fills_every_task_in_one_call(cycle, label_s
     assert found / total >= 0.9, f"{found} of {total} true boxes found in the pre-annotations"
 
 
+def test_the_labeling_editor_shows_the_pre_annotations(cycle, label_studio_server, tmp_path):  # noqa: F811
+    """Headless Chromium logs in, opens the most informative unlabeled task with boxes, and the
+    editor lists the prediction's regions: same labels, same scores, same order."""
+    from browser_check import labeling_page_regions
+
+    ls, project = cycle["ls"], cycle["project"]
+    view = next(v for v in ls.views.list(project=project) if (v.data or {}).get("title") == "Most informative first")
+    task = next(t for t in ls.tasks.list(project=project, view=view.id, fields="all") if t.predictions[0].result)
+    shot = tmp_path / "editor.png"
+    user, password = label_studio.USERNAME, label_studio.PASSWORD
+    shown = labeling_page_regions(label_studio_server.url, user, password, project, task.id, shot)
+    expected = [(r["value"]["rectanglelabels"][0], r["score"]) for r in task.predictions[0].result]
+    assert 0 < len(shown) <= len(expected)
+    for (label, score), (want_label, want_score) in zip(shown, expected):
+        assert label == want_label and score == pytest.approx(want_score, abs=0.006)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_personal_access_token_downloads_label_studio_images(cycle, label_studio_server, tmp_path):  # noqa: F811
     """The cycle's backend downloads with the legacy token; this one with a PAT, which the SDK
     exchanges for short-lived access tokens."""

@@ -1,0 +1,207 @@
+"""`make demo`: a real Label Studio and the backend, a project of digit canvases, and a few
+active-learning cycles in which a simulated annotator labels the top-priority tasks.
+
+Each cycle the annotator labels the first tasks of the "Most informative first" view with the
+true boxes, through the API, as a person would in the editor; the last of those annotations
+reaches the backend's threshold (TRAIN_MIN_NEW_ANNOTATIONS = the labels per cycle) and starts
+a training run, which pushes new predictions and priorities. Each version is then measured on
+held-out canvases that are not in Label Studio. Both services keep running afterwards (Ctrl+C
+stops them): open the printed URL, label the next tasks by hand, and the next trigger (the
+threshold again, or "Start Training") trains on your labels too.
+
+    python scripts/demo.py [--images 300] [--cycles 3] [--per-cycle 30] [--no-wait]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import label_studio  # noqa: E402
+from label_studio_sdk import LabelStudio  # noqa: E402
+
+from al_core.datasets import DIGIT_CLASSES, DigitCanvasConfig, generate_digit_canvases  # noqa: E402
+from al_core.detectors import Detector  # noqa: E402
+from al_core.evaluation import evaluate  # noqa: E402
+from backend.connect import connect  # noqa: E402
+from exporters.label_studio_api import PRIORITY_VIEW_TITLE  # noqa: E402
+from exporters.label_studio_regions import box_to_percent  # noqa: E402
+
+BACKEND_USER, BACKEND_PASSWORD = "demo-backend", "demo-backend-pass"
+LABELS = "".join(f'<Label value="{c}"/>' for c in DIGIT_CLASSES)
+CONFIG = f"""<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <RectangleLabels name="digits" toName="image">{LABELS}</RectangleLabels>
+</View>"""
+
+
+def regions(sample, size: int) -> list[dict]:
+    """The sample's true boxes as the regions a person draws in the editor."""
+    return [
+        {
+            "from_name": "digits",
+            "to_name": "image",
+            "type": "rectanglelabels",
+            "original_width": size,
+            "original_height": size,
+            "value": {**box_to_percent(box, size, size), "rotation": 0, "rectanglelabels": [DIGIT_CLASSES[label]]},
+        }
+        for box, label in zip(sample.boxes.tolist(), sample.labels.tolist())
+    ]
+
+
+def start_backend(env: dict, log: Path, timeout: float = 180) -> tuple[str, subprocess.Popen]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://{env['HOST']}:{env['PORT']}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the backend exited; see {log}")
+        try:
+            if requests.get(f"{url}/health", timeout=1).ok:
+                return url, process
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the backend did not answer /health within {timeout} s; see {log}")
+
+
+def wait_for_job(backend: str, project_id: int, known: set[str], timeout: float = 1800) -> dict:
+    """The training run that the cycle's last annotation started, once it has finished."""
+    auth = (BACKEND_USER, BACKEND_PASSWORD)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = requests.get(f"{backend}/jobs", params={"project": project_id}, auth=auth, timeout=30).json()["jobs"]
+        new = [job for job in jobs if job["id"] not in known]
+        if new and all(job["state"] in ("done", "failed") for job in new):
+            job = new[-1]
+            if job["state"] == "failed":
+                raise SystemExit(f"training failed: {job['error']}")
+            return job
+        time.sleep(2)
+    raise SystemExit(f"no finished training run within {timeout} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=300, help="digit canvases in the project")
+    parser.add_argument("--test-images", type=int, default=100, help="held-out canvases that measure mAP")
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--per-cycle", type=int, default=30, help="tasks the annotator labels per cycle")
+    parser.add_argument("--epochs", type=int, default=12, help="most epochs per training run")
+    parser.add_argument("--dir", type=Path, default=ROOT / "data" / "demo", help="wiped and rebuilt on each run")
+    parser.add_argument("--label-studio-port", type=int, default=int(os.environ.get("LABEL_STUDIO_PORT", 8080)))
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9090)), help="the backend's port")
+    parser.add_argument("--screenshot", type=Path, help="save the editor with the top task's pre-annotations here")
+    parser.add_argument("--no-wait", action="store_true", help="stop both services at the end instead of serving")
+    args = parser.parse_args()
+
+    os.environ.setdefault("TORCH_HOME", str(ROOT / "data" / "torch_home"))  # as `make run` sets it
+    shutil.rmtree(args.dir, ignore_errors=True)
+    media = args.dir / "label-studio" / "media"
+    print(f"starting Label Studio on port {args.label_studio_port} (the first start takes about a minute)", flush=True)
+    ls_server = label_studio.start(args.dir / "label-studio", files_root=media, port=args.label_studio_port)
+    backend_process = None
+    try:
+        config = DigitCanvasConfig(seed=0)
+        pool = generate_digit_canvases(media / "digits", args.images, config)
+        test = generate_digit_canvases(args.dir / "test", args.test_images, DigitCanvasConfig(seed=1))
+        by_name = {Path(s.path).name: s for s in pool}
+        ls = LabelStudio(base_url=ls_server.url, api_key=ls_server.token)
+        project = ls.projects.create(title="Digits: active learning demo", label_config=CONFIG)
+        label_studio.add_local_storage(ls, project.id, media / "digits", title="digit canvases")
+        print(f"project {project.id}: {args.images} digit canvases imported from a Local Storage", flush=True)
+
+        env = {
+            "HOST": args.host,
+            "PORT": str(args.port),
+            "DATA_DIR": str(args.dir / "backend"),
+            "LABEL_STUDIO_URL": ls_server.url,
+            "LABEL_STUDIO_API_KEY": ls_server.token,
+            "BASIC_AUTH_USER": BACKEND_USER,
+            "BASIC_AUTH_PASS": BACKEND_PASSWORD,
+            "TRAIN_MIN_NEW_ANNOTATIONS": str(args.per_cycle),
+            "TRAIN_EPOCHS": str(args.epochs),
+            "AL_BUDGET": str(args.per_cycle),
+        }
+        (args.dir / "backend").mkdir(parents=True)
+        backend, backend_process = start_backend(env, args.dir / "backend.log")
+        done = connect(ls_server.url, ls_server.token, project.id, backend, BACKEND_USER, BACKEND_PASSWORD)
+
+        rows, known = [], set()
+        for cycle in range(1, args.cycles + 1):
+            view = [t for t in ls.tasks.list(project=project.id, view=done.view_id, fields="all") if not t.annotations]
+            chosen = view[: args.per_cycle]
+            for task in chosen:
+                sample = next(s for name, s in by_name.items() if task.data["image"].endswith(name))
+                ls.annotations.create(id=task.id, result=regions(sample, config.canvas_size))
+            job = wait_for_job(backend, project.id, known)
+            known.add(job["id"])
+            version = job["version"]
+            checkpoint = args.dir / "backend" / "models" / f"project-{project.id}" / version / "model.pt"
+            measured = evaluate(Detector.load(checkpoint), test)
+            labeled = cycle * args.per_cycle
+            rows.append((cycle, labeled, version, measured["map50"], measured["map"]))
+            print(
+                f"cycle {cycle}: {labeled} labeled, version {version}, test mAP50 {measured['map50']:.3f}", flush=True
+            )
+
+        exports = args.dir / "backend" / "exports" / f"project-{project.id}"
+        top = next(iter(ls.tasks.list(project=project.id, view=done.view_id, fields="all")))
+        print("\n=== Active-learning demo ===")
+        print(f"Label Studio:  {ls_server.url}/projects/{project.id}/data  (tab '{PRIORITY_VIEW_TITLE}')")
+        print(f"  login:       {label_studio.USERNAME} / {label_studio.PASSWORD}")
+        print(f"Backend:       {backend}  (basic auth {BACKEND_USER} / {BACKEND_PASSWORD})")
+        print(f"Held-out test: {args.test_images} canvases not in Label Studio\n")
+        print(f"{'cycle':>5}  {'labeled':>7}  {'version':<10}  {'mAP50':>6}  {'mAP':>6}")
+        for cycle, labeled, version, map50, map_ in rows:
+            print(f"{cycle:>5}  {labeled:>7}  {version:<10}  {map50:6.3f}  {map_:6.3f}")
+        print(f"\nCSV exports (image, score; most informative first): {exports}")
+        for path in sorted(exports.glob("cycle_*.csv")):
+            print(f"  {path}")
+        print(f"Most informative task now: {top.id} (priority {top.data.get('priority')})")
+        if args.screenshot:
+            from browser_check import labeling_page_regions
+
+            shown = labeling_page_regions(
+                ls_server.url, label_studio.USERNAME, label_studio.PASSWORD, project.id, top.id, args.screenshot
+            )
+            print(f"Screenshot of task {top.id} with {len(shown)} pre-annotated boxes: {args.screenshot}")
+        if args.no_wait:
+            return 0
+        print("\nBoth services keep running: label the next tasks in the browser; Ctrl+C stops them.", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+    finally:
+        if backend_process is not None and backend_process.poll() is None:
+            os.killpg(backend_process.pid, signal.SIGTERM)
+            backend_process.wait(timeout=30)
+        ls_server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
