@@ -186,7 +186,11 @@ def main() -> int:
             shown = labeling_page_regions(
                 ls_server.url, label_studio.USERNAME, label_studio.PASSWORD, project.id, top.id, args.screenshot
             )
-            print(f"Screenshot of task {top.id} with {len(shown)} pre-annotated boxes: {args.screenshot}")
+            boxes = len(top.predictions[0].result) if top.predictions else 0
+            print(
+                f"Screenshot of task {top.id}, pre-annotated with {boxes} boxes "
+                f"({len(shown)} in the editor's view): {args.screenshot}"
+            )
         if args.no_wait:
             return 0
         print("\nBoth services keep running: label the next tasks in the browser; Ctrl+C stops them.", flush=True)

@@ -30,7 +30,9 @@ def test_demo_runs_cycles_and_says_where_everything_is(tmp_path):
     for path in exports:
         table = pd.read_csv(path)
         assert len(table) > 0 and table.iloc[:, 1].is_monotonic_decreasing
-    assert re.search(r"Screenshot of task \d+ with [1-9]\d* pre-annotated boxes", out)
+    assert re.search(
+        r"Screenshot of task \d+, pre-annotated with [1-9]\d* boxes \([1-9]\d* in the editor's view\)", out
+    )
     assert (tmp_path / "editor.png").stat().st_size > 10_000
     for url in (f"http://127.0.0.1:{ls_port}/health", f"http://127.0.0.1:{port}/health"):  # both stopped
         try:
