@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         batch_size=settings.predict_batch_size,
         score_threshold=settings.prediction_score_threshold,
         fetch_workers=settings.fetch_workers,
+        max_wait_s=settings.predict_max_wait_ms / 1000,
     )
     services = CycleServices(settings, store, models, loader)
     jobs = JobRunner(store, lambda job, report: run_cycle(services, job, report))

@@ -1,19 +1,24 @@
 """/predict's work: fetch and decode the tasks' images in parallel, run them through the shared
-detector in batches, score them, and shape one Label Studio prediction per task."""
+detector in batches merged across concurrent requests (backend/batcher.py), score them, and
+shape one Label Studio prediction per task."""
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 from PIL import Image
 
 from al_core.detectors import Detector
 from al_core.scoring import PoolImage, Scorer, ScoringContext
+from al_core.types import Detections, ImageScore
 from exporters.label_config import LabelConfig
 from exporters.label_studio_regions import detections_to_regions
 
+from .batcher import Batcher
 from .images import ImageError, ImageLoader
 from .metrics import Metrics
 from .store import Store, TaskScore
@@ -30,8 +35,8 @@ class _Loaded:
 
 
 class Predictor:
-    """Built once per process; its scorer and fetch pool serve every request, with the detector
-    of the request's project."""
+    """Built once per process; its scorer, fetch pool and batcher serve every request, with the
+    detector of the request's project."""
 
     def __init__(
         self,
@@ -42,6 +47,7 @@ class Predictor:
         batch_size: int,
         score_threshold: float,
         fetch_workers: int,
+        max_wait_s: float = 0.01,
     ):
         self.scorer = scorer
         self.loader = loader
@@ -50,57 +56,62 @@ class Predictor:
         self.batch_size = batch_size
         self.score_threshold = score_threshold
         self.pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="fetch")
+        self.batcher = Batcher(self._run_batch, batch_size, max_wait_s)
 
     def predict(self, tasks: list, config: LabelConfig, project_id: int | None, detector: Detector) -> list[dict]:
-        """One Label Studio prediction per task, in task order. Images are fetched one batch
-        ahead of the model, so memory holds at most two batches of images."""
-        indexed = list(enumerate(tasks))
-        chunks = [indexed[start : start + self.batch_size] for start in range(0, len(indexed), self.batch_size)]
+        """One Label Studio prediction per task, in task order. Images are fetched in the pool
+        and handed to the batcher as they arrive, so the model never waits on I/O; at most
+        ``2 x batch_size`` images are fetched ahead and as many wait for the model."""
+        window = 2 * self.batch_size
         results: list[dict] = [{} for _ in tasks]
         scores: list[TaskScore] = []
-        pending = self._submit(chunks[0], config) if chunks else []
-        for number in range(len(chunks)):
-            loaded = [future.result() for future in pending]
-            pending = self._submit(chunks[number + 1], config) if number + 1 < len(chunks) else []
-            scores += self._predict_batch(loaded, config, detector, results)
+        queued = iter(enumerate(tasks))
+        loading: deque[Future] = deque(self.pool.submit(self._load, i, t, config) for i, t in islice(queued, window))
+        inferring: deque[tuple[_Loaded, Future]] = deque()
+        while loading or inferring:
+            if loading and len(inferring) < window:
+                item = loading.popleft().result()
+                loading.extend(self.pool.submit(self._load, i, t, config) for i, t in islice(queued, 1))
+                if item.error is None:
+                    inferring.append((item, self.batcher.submit(detector, item.image)))
+                    item.image = None  # the batcher holds it until its batch has run
+                    continue
+                self.metrics.errors.labels(kind="task").inc()
+                # A broken task goes last in Label Studio's lowest-score-first order.
+                results[item.index] = {
+                    "model_version": detector.version.name,
+                    "score": 1.0,
+                    "result": [],
+                    "error": item.error,
+                }
+            else:
+                item, future = inferring.popleft()
+                detections, image_score = future.result()
+                self.metrics.images_scored.inc()
+                results[item.index] = self._prediction(detector, config, detections, image_score)
+                if item.task_id is not None:
+                    version = detector.version.name
+                    scores.append(
+                        TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized)
+                    )
         if scores:
             self.store.save_scores(project_id, scores)
         return results
 
-    def _submit(self, chunk: list[tuple[int, object]], config: LabelConfig) -> list[Future]:
-        return [self.pool.submit(self._load, index, task, config) for index, task in chunk]
+    def _run_batch(self, detector: Detector, images: list[Image.Image]) -> list[tuple[Detections, ImageScore]]:
+        detections = detector.predict(images)
+        batch = [PoolImage(str(i), image, det) for i, (image, det) in enumerate(zip(images, detections, strict=True))]
+        return list(zip(detections, self.scorer.score_batch(batch, ScoringContext(detector=detector)), strict=True))
 
-    def _predict_batch(
-        self, loaded: list[_Loaded], config: LabelConfig, detector: Detector, results: list[dict]
-    ) -> list[TaskScore]:
-        version = detector.version.name
-        for item in loaded:
-            if item.error is not None:
-                self.metrics.errors.labels(kind="task").inc()
-                # A broken task goes last in Label Studio's lowest-score-first order.
-                results[item.index] = {"model_version": version, "score": 1.0, "result": [], "error": item.error}
-        good = [item for item in loaded if item.image is not None]
-        if not good:
-            return []
-        detections = detector.predict([item.image for item in good])
-        batch = [PoolImage(str(item.task_id), item.image, det) for item, det in zip(good, detections, strict=True)]
-        image_scores = self.scorer.score_batch(batch, ScoringContext(detector=detector))
-        self.metrics.images_scored.inc(len(good))
-        scores = []
-        for item, det, image_score in zip(good, detections, image_scores):
-            results[item.index] = {
-                "model_version": version,
-                # Label Studio's Uncertainty sampling serves the LOWEST score first.
-                "score": round(1.0 - image_score.normalized, 6),
-                "result": detections_to_regions(det, detector.class_names, config, self.score_threshold),
-                "informativeness": image_score.value,
-                "scorer": image_score.scorer,
-            }
-            if item.task_id is not None:
-                scores.append(
-                    TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized)
-                )
-        return scores
+    def _prediction(self, detector: Detector, config: LabelConfig, detections: Detections, score: ImageScore) -> dict:
+        return {
+            "model_version": detector.version.name,
+            # Label Studio's Uncertainty sampling serves the LOWEST score first.
+            "score": round(1.0 - score.normalized, 6),
+            "result": detections_to_regions(detections, detector.class_names, config, self.score_threshold),
+            "informativeness": score.value,
+            "scorer": score.scorer,
+        }
 
     def _load(self, index: int, task: object, config: LabelConfig) -> _Loaded:
         if not isinstance(task, dict):

@@ -53,7 +53,12 @@ class Settings:
     model_device: str = field(
         default="auto", metadata=_doc("`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ...")
     )
-    predict_batch_size: int = field(default=8, metadata=_doc("Images per model forward pass in /predict."))
+    predict_batch_size: int = field(
+        default=8, metadata=_doc("Most images per model forward pass, merged across concurrent /predict calls.")
+    )
+    predict_max_wait_ms: float = field(
+        default=10.0, metadata=_doc("How long the first image of a batch waits for others (dynamic batching).")
+    )
     prediction_score_threshold: float = field(
         default=0.3, metadata=_doc("Boxes below this score are not sent as pre-annotations.")
     )

@@ -183,4 +183,5 @@ def test_tasks_run_through_the_model_in_batches(make_client, image_server, shape
     results = client.post("/predict", json={"tasks": tasks, "label_config": SHAPES_CONFIG}).get_json()["results"]
     assert len(results) == 6 and "error" in results[2]
     assert [r["model_version"] for r in results] == ["cpu_preset-backbone-untrained"] * 6
-    assert batches == [2, 1, 2]  # chunks of two tasks; the broken one never reaches the model
+    # Batches of at most two images; the broken task never reaches the model.
+    assert sum(batches) == 5 and max(batches) <= 2
