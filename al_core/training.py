@@ -12,12 +12,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from .detectors import Detector
 from .detectors.detector import to_tensor
 from .detectors.loss_head import pair_ranking_loss
+from .device import flush_denormals
 from .evaluation import evaluate
 from .images import load_rgb
 from .types import LabeledImage
@@ -34,6 +37,7 @@ class TrainConfig:
     warmup_iters: int = 50
     seed: int = 0
     num_workers: int = 0
+    amp: bool = True  # mixed precision on CUDA (ignored on the CPU)
     # Evaluation on the held-out images every ``eval_every`` epochs; early stopping (ASM's rule)
     # once the mean absolute change of mAP over the last ``early_stop_window`` evaluations is
     # below ``early_stop_delta``, after ``min_epochs``. The best-mAP weights are kept.
@@ -114,9 +118,9 @@ def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor,
     return torch.stack(losses), maps
 
 
-def _step_loss(detector: Detector, images, targets, config: TrainConfig, fraction_done: float) -> torch.Tensor:
+def _step_loss(detector: Detector, net, images, targets, config: TrainConfig, fraction_done: float) -> torch.Tensor:
     if not detector.has_loss_head:
-        return sum(detector.model(images, targets).values())
+        return sum(net(images, targets).values())
     true_losses, maps = per_image_losses(detector, images, targets)
     detach = fraction_done >= config.loss_head_detach_after
     predicted = torch.cat([detector.model.loss_head([m.detach() if detach else m for m in ms]) for ms in maps])
@@ -150,15 +154,30 @@ def train_detector(
         raise ValueError("no labeled images to train on")
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
+    model, device = detector.model, detector.device
+    flush_denormals(device)
+    # Under a process group (Ray Train's TorchTrainer, torchrun) each worker trains on its shard
+    # and DistributedDataParallel averages the gradients.
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed and detector.has_loss_head:
+        raise ValueError("learning-loss training runs per-image forward passes; train it on one worker")
+    dataset = DetectionDataset(samples)
+    sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed) if distributed else None
     loader = DataLoader(
-        DetectionDataset(samples),
+        dataset,
         batch_size=config.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         collate_fn=_collate,
         generator=torch.Generator().manual_seed(config.seed),
         num_workers=config.num_workers,
     )
-    model, device = detector.model, detector.device
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if distributed
+        else model
+    )
+    chief = not distributed or dist.get_rank() == 0
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
@@ -171,7 +190,7 @@ def train_detector(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    use_amp = device.type == "cuda"
+    use_amp = device.type == "cuda" and config.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step, first_epoch, history, best = 0, 0, [], None
     state_path = Path(state_path) if state_path else None
@@ -183,15 +202,17 @@ def train_detector(
         step, first_epoch, history, best = state["step"], state["epoch"] + 1, state["history"], state["best"]
     report = on_progress or (lambda fraction, stage: None)
     start, loss_value, stopped_early, epoch = time.perf_counter(), float("nan"), False, first_epoch - 1
-    bar = tqdm(total=total, initial=step, desc="train", disable=not show_progress)
+    bar = tqdm(total=total, initial=step, desc="train", disable=not (show_progress and chief))
     try:
         for epoch in range(first_epoch, config.epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             model.train()
             for images, targets in loader:
                 images = [image.to(device) for image in images]
                 targets = [{key: value.to(device) for key, value in t.items()} for t in targets]
                 with torch.autocast(device.type, enabled=use_amp):
-                    loss = _step_loss(detector, images, targets, config, step / total)
+                    loss = _step_loss(detector, net, images, targets, config, step / total)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise NonFiniteLoss(
@@ -213,7 +234,7 @@ def train_detector(
                 history.append({"epoch": epoch + 1, **metrics})
                 if best is None or metrics["map"] > best["metrics"]["map"]:
                     best = {"metrics": metrics, "epoch": epoch + 1, "weights": _cpu_copy(model.state_dict())}
-            if state_path is not None:
+            if state_path is not None and chief:
                 _save_state(state_path, model, optimizer, scheduler, epoch, step, history, best)
             if epoch + 1 >= config.min_epochs and plateaued(history, config.early_stop_window, config.early_stop_delta):
                 stopped_early = True

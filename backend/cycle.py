@@ -17,6 +17,8 @@ from al_core.detectors import Detector
 from al_core.detectors.loss_head import attach_loss_head
 from al_core.evaluation import evaluate
 from al_core.pool import score_pool
+from al_core.ray_scoring import RayOptions, ray_can_score, score_pool_ray
+from al_core.ray_training import train_detector_ray
 from al_core.scoring import SCORERS, ScoringContext
 from al_core.scoring.uncertainty import UncertaintyScorer
 from al_core.training import TrainConfig, split_held_out, train_detector
@@ -127,14 +129,21 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     train, held_out = split_held_out(samples, settings.train_held_out_fraction, seed=train_config.seed)
     work = settings.data_path / "jobs"
     work.mkdir(parents=True, exist_ok=True)
-    result = train_detector(
-        detector,
-        train,
-        train_config,
-        held_out,
-        on_progress=lambda fraction, stage: report(0.05 + 0.6 * fraction, stage),
-        state_path=work / f"{job.id}.state",
-    )
+    if settings.executor == "ray" and settings.train_workers > 1 and not detector.has_loss_head:
+        report(0.05, f"training on Ray: {settings.train_workers} DDP workers")
+        result = train_detector_ray(
+            detector, train, train_config, held_out, settings.train_workers, detector.device.type == "cuda",
+            settings.ray_address, work,
+        )  # fmt: skip
+    else:
+        result = train_detector(
+            detector,
+            train,
+            train_config,
+            held_out,
+            on_progress=lambda fraction, stage: report(0.05 + 0.6 * fraction, stage),
+            state_path=work / f"{job.id}.state",
+        )
     metrics = dict(result.metrics)
     if not held_out:
         report(0.66, "evaluating (on the training images: too few to hold any out)")
@@ -220,7 +229,13 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
 
     params = {"aggregation": job.params.get("aggregation", settings.al_aggregation)} if _aggregates(strategy) else {}
     context = ScoringContext(labeled=samples, budget=settings.al_budget)
-    scored = score_pool(detector, paths, strategy, params, context, settings.predict_batch_size, on_detections=keep)
+    if settings.executor == "ray" and ray_can_score(strategy, params, detector):
+        options = RayOptions(settings.ray_address, settings.ray_replicas, 1.0 if detector.device.type == "cuda" else 0)
+        checkpoint = detector.version.checkpoint
+        scored = score_pool_ray(checkpoint, paths, strategy, params, context, settings.predict_batch_size, options,
+                                on_detections=keep)  # fmt: skip
+    else:
+        scored = score_pool(detector, paths, strategy, params, context, settings.predict_batch_size, on_detections=keep)
     items, scores = [], []
     for path, score in zip(scored.keys, scored.scores, strict=True):
         for task in by_path[path]:

@@ -21,4 +21,10 @@ class Metrics:
         self.images_scored = Counter(
             "al_backend_images_scored", "Images run through the detector and scored", registry=self.registry
         )
+        self.batch_images = Histogram(
+            "al_backend_batch_images",
+            "Images per model batch of /predict (merged across concurrent calls)",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
         self.errors = Counter("al_backend_errors", "Errors by kind", ["kind"], registry=self.registry)

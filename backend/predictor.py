@@ -99,6 +99,7 @@ class Predictor:
         return results
 
     def _run_batch(self, detector: Detector, images: list[Image.Image]) -> list[tuple[Detections, ImageScore]]:
+        self.metrics.batch_images.observe(len(images))
         detections = detector.predict(images)
         batch = [PoolImage(str(i), image, det) for i, (image, det) in enumerate(zip(images, detections, strict=True))]
         return list(zip(detections, self.scorer.score_batch(batch, ScoringContext(detector=detector)), strict=True))

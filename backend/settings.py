@@ -106,6 +106,16 @@ class Settings:
     set_uncertainty_sampling: bool = field(
         default=True, metadata=_doc("After each run, set the project's sampling to Uncertainty sampling.")
     )
+    executor: str = field(
+        default="local", metadata=_doc("Where cycles score the pool and train: local (in process) or ray.")
+    )
+    ray_address: str = field(
+        default="", metadata=_doc("Ray cluster to join with EXECUTOR=ray (e.g. auto); empty starts a local Ray.")
+    )
+    ray_replicas: int = field(default=2, metadata=_doc("Model replicas scoring the pool on Ray (one per GPU)."))
+    train_workers: int = field(
+        default=1, metadata=_doc("Ray Train workers (DDP) of a training run with EXECUTOR=ray; 1 trains in process.")
+    )
 
     @property
     def data_path(self) -> Path:
@@ -132,7 +142,10 @@ class Settings:
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown settings in {config_file}: {sorted(unknown)}")
-        return cls(**{f.name: _convert(f, values[f.name]) for f in dataclasses.fields(cls) if f.name in values})
+        settings = cls(**{f.name: _convert(f, values[f.name]) for f in dataclasses.fields(cls) if f.name in values})
+        if settings.executor not in ("local", "ray"):
+            raise ValueError(f"setting EXECUTOR must be local or ray, got {settings.executor!r}")
+        return settings
 
 
 def _convert(f: dataclasses.Field, raw: object) -> object:

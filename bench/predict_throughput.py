@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -49,7 +49,7 @@ CONFIG = (
 
 
 class Backend:
-    def __init__(self, checkpoint: Path, files: Path, state: Path, batch_size: int):
+    def __init__(self, checkpoint: Path, files: Path, state: Path, batch_size: int, max_wait_ms: float):
         self.port = free_port()
         env = {
             **os.environ,
@@ -58,6 +58,7 @@ class Backend:
             "MODEL_CHECKPOINT": str(checkpoint),
             "LOCAL_FILES_ROOT": str(files),
             "PREDICT_BATCH_SIZE": str(batch_size),
+            "PREDICT_MAX_WAIT_MS": str(max_wait_ms),
             "SERVER_THREADS": "16",
             "LOG_LEVEL": "WARNING",
         }
@@ -79,37 +80,59 @@ class Backend:
         self.process.wait(timeout=30)
 
 
-def load(backend: Backend, paths: list[str], clients: int, per_request: int, count: int) -> dict:
-    """``count`` requests of ``per_request`` tasks from ``clients`` threads (each with its own
-    connection); every request's image list walks the pool."""
-    sessions = [requests.Session() for _ in range(clients)]
+WRK_SCRIPT = """
+bodies = {BODIES}
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "/predict", {["Content-Type"] = "application/json"}, bodies[(counter % #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %d, "errors": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f}\\n',
+    summary.requests, e.connect + e.read + e.write + e.status + e.timeout, summary.duration / 1e6,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
 
-    def call(number: int) -> float:
-        tasks = [
-            {"id": number * per_request + k, "data": {"image": paths[(number * per_request + k) % len(paths)]}}
-            for k in range(per_request)
-        ]
-        start = time.perf_counter()
-        answer = sessions[number % clients].post(
-            f"{backend.url}/predict", json={"tasks": tasks, "label_config": CONFIG}, timeout=120
+
+def load(backend: Backend, paths: list[str], clients: int, per_request: int, seconds: float, tmp: Path) -> dict:
+    """``clients`` connections sending requests of ``per_request`` tasks for ``seconds``, from
+    wrk (C, so the load generator takes little of the CPU the server needs); the task lists
+    walk the pool."""
+    bodies = [
+        json.dumps(
+            {
+                "tasks": [{"id": i, "data": {"image": paths[(i + k) % len(paths)]}} for k in range(per_request)],
+                "label_config": CONFIG,
+            }
         )
-        elapsed = time.perf_counter() - start
-        results = answer.json()["results"]
-        assert answer.ok and len(results) == per_request and not any("error" in r for r in results), answer.text[:300]
-        return elapsed
+        for i in range(len(paths))
+    ]
+    script = tmp / "predict.lua"
+    script.write_text(WRK_SCRIPT.replace("BODIES", ", ".join(json.dumps(b) for b in bodies)))
+    check = requests.post(f"{backend.url}/predict", data=bodies[0], headers={"Content-Type": "application/json"})
+    results = check.json()["results"]
+    assert check.ok and len(results) == per_request and not any("error" in r for r in results), check.text[:300]
 
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(call, range(clients * 2)))  # warm-up
-        start = time.perf_counter()
-        latencies = list(pool.map(call, range(count)))
-        seconds = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "seconds": seconds,
-        "images_per_second": count * per_request / seconds,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-    }
+    def run(duration: str) -> str:
+        command = ["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", duration, "--timeout", "60s"]
+        command += ["-s", str(script), f"{backend.url}/predict"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    run("3s")  # warm-up
+    out = run(f"{seconds:g}s")
+    result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
+    if result["errors"]:
+        raise RuntimeError(f"{result['errors']} failed requests:\n{out}")
+    images = result["requests"] * per_request
+    metrics = requests.get(f"{backend.url}/metrics", timeout=10).text
+    count = float(re.search(r"^al_backend_batch_images_count (\S+)", metrics, re.M)[1])
+    total = float(re.search(r"^al_backend_batch_images_sum (\S+)", metrics, re.M)[1])
+    return {**result, "images_per_second": images / result["seconds"], "mean_batch": total / count}
 
 
 def bare_forward(detector: Detector, paths: list[str], batch_size: int, count: int) -> dict:
@@ -130,7 +153,8 @@ def bare_forward(detector: Detector, paths: list[str], batch_size: int, count: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=400, help="single-task requests per batching mode")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="PREDICT_MAX_WAIT_MS of the batched server")
+    parser.add_argument("--seconds", type=float, default=20, help="load duration of each mode")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--train-epochs", type=int, default=4)
@@ -150,17 +174,18 @@ def main() -> None:
         paths = [s.path for s in generate_shapes(tmp / "pool", args.images, seed=3)]
         runs: dict[str, list[dict]] = {}
         for repeat in range(args.repeats):
-            for name, batch, clients, per_request, count in (
-                ("one at a time, 8 clients x 1 task", 1, args.clients, 1, args.requests),
-                ("dynamic batching, 8 clients x 1 task", 8, args.clients, 1, args.requests),
-                ("HTTP, 1 client x 8 tasks", 8, 1, 8, args.requests // 8),
+            for name, batch, clients, per_request in (
+                ("one at a time, 8 clients x 1 task", 1, args.clients, 1),
+                ("dynamic batching, 8 clients x 1 task", 8, args.clients, 1),
+                ("HTTP, 1 client x 8 tasks", 8, 1, 8),
             ):
-                backend = Backend(checkpoint, tmp, tmp / f"state-{name[:3]}-{repeat}", batch)
+                backend = Backend(checkpoint, tmp, tmp / f"state-{name[:3]}-{repeat}", batch, args.max_wait_ms)
                 try:
-                    runs.setdefault(name, []).append(load(backend, paths, clients, per_request, count))
+                    runs.setdefault(name, []).append(load(backend, paths, clients, per_request, args.seconds, tmp))
                 finally:
                     backend.stop()
-            runs.setdefault("bare forward, batches of 8", []).append(bare_forward(detector, paths, 8, args.requests))
+            runs.setdefault("bare forward, batches of 8", []).append(bare_forward(detector, paths, 8, 640))
+            runs.setdefault("bare forward, batches of 1", []).append(bare_forward(detector, paths, 1, 320))
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
 
     def median(name: str, key: str) -> float:
@@ -171,20 +196,24 @@ def main() -> None:
     rows = []
     threads = torch.get_num_threads()
     print(f"\n{args.images} canvases of 128 px, cpu_preset on CPU ({threads} threads), median of {args.repeats}")
-    print(f"{'mode':40} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'mode':40} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6}")
     for name in runs:
         row = {"mode": name, "images_per_second": median(name, "images_per_second"), "runs": runs[name]}
         if "p50_ms" in runs[name][0]:
-            row.update(p50_ms=median(name, "p50_ms"), p99_ms=median(name, "p99_ms"))
+            row.update(
+                p50_ms=median(name, "p50_ms"), p99_ms=median(name, "p99_ms"), mean_batch=median(name, "mean_batch")
+            )
         rows.append(row)
-        p50 = f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f}" if "p50_ms" in row else f"{'':8} {'':8}"
+        p50 = f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f} {row['mean_batch']:6.2f}" if "p50_ms" in row else ""
         print(f"{name:40} {row['images_per_second']:9.1f} {p50}")
     speedup = median(batched, "images_per_second") / median(one, "images_per_second")
     p50_ratio = median(batched, "p50_ms") / median(one, "p50_ms")
     http_ratio = median(http, "images_per_second") / median(bare, "images_per_second")
     batched_ratio = median(batched, "images_per_second") / median(bare, "images_per_second")
+    ceiling = median(bare, "images_per_second") / median("bare forward, batches of 1", "images_per_second")
     print(f"\ndynamic batching / one at a time: throughput {speedup:.2f}x (target >= 3)", end="")
     print(f", p50 latency ratio {p50_ratio:.2f} (target <= 1)")
+    print(f"the model's own ceiling, bare forward batch 8 / batch 1: {ceiling:.2f}x")
     print(f"HTTP 8-task requests / bare forward: {http_ratio:.2f} (target >= 0.8)")
     print(f"8 single-task clients, batched / bare forward: {batched_ratio:.2f}")
     result = {
@@ -192,11 +221,13 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "images": args.images,
         "clients": args.clients,
-        "requests": args.requests,
+        "seconds_per_mode": args.seconds,
+        "max_wait_ms": args.max_wait_ms,
         "repeats": args.repeats,
         "rows": rows,
         "batching_speedup": speedup,
         "batching_p50_ratio": p50_ratio,
+        "bare_batch8_over_batch1": ceiling,
         "http_over_bare": http_ratio,
         "batched_clients_over_bare": batched_ratio,
     }

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.transforms.functional import pil_to_tensor
 
-from ..device import resolve_device
+from ..device import flush_denormals, resolve_device
 from ..types import Detections, ModelVersion
 from .loss_head import attach_loss_head
 from .registry import DETECTORS, Pretrained, build_model, coco_class_names
@@ -140,6 +140,7 @@ class Detector:
         if not images:
             return []
         tensors = [to_tensor(image).to(self.device) for image in images]
+        flush_denormals(self.device)
         with self.lock:
             self.model.eval()
             outputs = self.model(tensors)

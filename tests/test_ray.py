@@ -1,0 +1,83 @@
+"""The Ray path on a local cluster started by the test on loopback (a head and two CPU worker
+nodes, Ray's own ``cluster_utils.Cluster``, stopped by its process handles): pool scoring as a
+Ray Data job gives the in-process scores, a worker node killed mid-job costs a retry and not the
+job, and Ray Train's TorchTrainer trains the detector with DDP on two workers."""
+
+import math
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="Ray is the optional scale-out extra (requirements-scale.txt)")
+
+from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
+from al_core.detectors import Detector  # noqa: E402
+from al_core.pool import score_pool  # noqa: E402
+from al_core.ray_scoring import RayOptions, score_pool_ray  # noqa: E402
+from al_core.ray_training import train_detector_ray  # noqa: E402
+from al_core.training import TrainConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
+    )
+    workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_ray_scores_equal_in_process_scores_and_survive_a_lost_worker(cluster, trained_checkpoint, tmp_path):
+    ray_cluster, workers = cluster
+    paths = [s.path for s in generate_shapes(tmp_path / "pool", 96, seed=5)]
+    detector = Detector.load(trained_checkpoint, device="cpu")
+    expected = score_pool(detector, paths, "entropy", {"aggregation": "max"}, batch_size=4)
+    killed = []
+
+    def kill_a_worker_once(done: int) -> None:
+        if done >= 8 and not killed:  # the job is streaming: take a node with a replica away
+            ray_cluster.remove_node(workers[0], allow_graceful=False)
+            killed.append(done)
+
+    got = score_pool_ray(
+        str(trained_checkpoint),
+        paths,
+        "entropy",
+        {"aggregation": "max"},
+        batch_size=4,
+        options=RayOptions(replicas=2, cpus_per_replica=1),
+        on_progress=kill_a_worker_once,
+    )
+    assert killed and killed[0] < len(paths)
+    assert got.keys == expected.keys
+    for want, have in zip(expected.scores, got.scores):
+        assert have.value == pytest.approx(want.value, abs=1e-5)
+        assert have.normalized == pytest.approx(want.normalized, abs=1e-5)
+    assert [i.key for i in got.select(10).images] == [i.key for i in expected.select(10).images]
+    workers[0] = ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # back to two workers
+
+
+def test_set_level_scorers_stay_in_process(cluster, trained_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="set-level"):
+        score_pool_ray(str(trained_checkpoint), [str(tmp_path / "x.png")], "coreset")
+
+
+def test_torch_trainer_trains_with_ddp_on_two_workers(cluster, tmp_path):
+    samples = generate_shapes(tmp_path / "train", 16, seed=7)
+    torch.manual_seed(0)
+    detector = Detector.create("cpu_preset", SHAPE_CLASSES, "backbone", device="cpu")
+    before = {k: v.clone() for k, v in detector.model.state_dict().items()}
+    result = train_detector_ray(detector, samples, TrainConfig(epochs=2, batch_size=4), workers=2, work_dir=tmp_path)
+    # 16 images, 2 workers, batches of 4: each worker takes 2 steps per epoch.
+    assert result.epochs == 2 and result.iterations == 4 and math.isfinite(result.final_loss)
+    assert detector.version.trained
+    changed = [
+        k for k, v in detector.model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])
+    ]
+    assert changed, "the trained weights came back to the driver"
