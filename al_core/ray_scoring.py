@@ -6,7 +6,8 @@ scores are the same.
 Every replica loads the checkpoint once and runs ``score_batch`` of a per-image scorer. A scorer
 with a set-level ``finish`` (core-set, DAL, PPAL's diversity step) needs the whole pool in one
 place and runs in process. Ray retries a batch whose actor died (``max_task_retries``) on a
-restarted replica, so a worker lost mid-job costs a retry, not the job. Image paths must be
+restarted replica; a finished block lost with a dead node is skipped, and its images are
+scored again in another pass. A worker lost mid-job costs a retry, not the job. Image paths must be
 readable from every node (shared storage) when the cluster spans machines.
 """
 
@@ -122,32 +123,37 @@ def score_pool_ray(
     context.detector = None  # each replica sets its own
     if not ray.is_initialized():
         ray.init(address=options.address or None, include_dashboard=False, log_to_driver=False)
-    device = "cuda" if options.gpus_per_replica else "cpu"
-    dataset = ray.data.from_items([{"path": str(p)} for p in paths])
-    scored = dataset.map_batches(
-        _Replica,
-        fn_constructor_kwargs={
-            "checkpoint": str(checkpoint),
-            "strategy": strategy,
-            "params": params,
-            "context": context,
-            "device": device,
-        },
-        batch_size=batch_size,
-        concurrency=options.replicas,
-        num_gpus=options.gpus_per_replica,
-        num_cpus=options.cpus_per_replica,
-        max_restarts=options.max_retries,
-        max_task_retries=options.max_retries,
-    )
+    constructor = {"checkpoint": str(checkpoint), "strategy": strategy, "params": params, "context": context,
+                   "device": "cuda" if options.gpus_per_replica else "cpu"}  # fmt: skip
     by_path: dict[str, ImageScore] = {}
-    for row in scored.iter_rows():  # streams: the pool is never held as images
-        fields = json.loads(row["score"])
-        by_path[row["path"]] = ImageScore(**{**fields, "box_values": tuple(fields["box_values"])})
-        if on_detections is not None:
-            on_detections(row["path"], _boxes_from_json(row["detections"]))
-        if on_progress is not None:
-            on_progress(len(by_path))
+    data_context = ray.data.DataContext.get_current()
+    tolerated = data_context.max_errored_blocks
+    # A block lost with a dead node is skipped by the pass and its images go into the next one.
+    data_context.max_errored_blocks = -1
+    try:
+        for _ in range(options.max_retries + 1):
+            todo = [str(p) for p in paths if str(p) not in by_path]
+            if not todo:
+                break
+            scored = ray.data.from_items([{"path": p} for p in todo]).map_batches(
+                _Replica,
+                fn_constructor_kwargs=constructor,
+                batch_size=batch_size,
+                concurrency=options.replicas,
+                num_gpus=options.gpus_per_replica,
+                num_cpus=options.cpus_per_replica,
+                max_restarts=options.max_retries,
+                max_task_retries=options.max_retries,
+            )
+            for row in scored.iter_rows():  # streams: the pool is never held as images
+                fields = json.loads(row["score"])
+                by_path[row["path"]] = ImageScore(**{**fields, "box_values": tuple(fields["box_values"])})
+                if on_detections is not None:
+                    on_detections(row["path"], _boxes_from_json(row["detections"]))
+                if on_progress is not None:
+                    on_progress(len(by_path))
+    finally:
+        data_context.max_errored_blocks = tolerated
     missing = [p for p in paths if str(p) not in by_path]
     if missing:
         raise RuntimeError(f"Ray returned no score for {len(missing)} images, e.g. {missing[0]}")

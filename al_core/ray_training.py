@@ -27,9 +27,9 @@ def _train_worker(job: dict) -> None:
 
     detector = Detector.load(job["checkpoint"], device=str(ray.train.torch.get_device()))
     result = train_detector(detector, job["samples"], TrainConfig(**job["config"]), job["held_out"])
-    if ray.train.get_context().get_world_rank() == 0:
+    if ray.train.get_context().get_world_rank() == 0:  # every rank holds the same weights
         detector.save(job["out"], detector.version.name)
-    ray.train.report({"result": json.dumps(dataclasses.asdict(result))})
+        Path(job["out"]).with_suffix(".json").write_text(json.dumps(dataclasses.asdict(result)))
 
 
 def train_detector_ray(
@@ -67,9 +67,10 @@ def train_detector_ray(
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
             run_config=RunConfig(storage_path=str(Path(tmp) / "ray"), name="train"),
         )
-        outcome = trainer.fit()
+        trainer.fit()
         trained = Detector.load(job["out"], device="cpu")
         detector.model.load_state_dict(trained.model.state_dict())
+        result = TrainResult(**json.loads(Path(job["out"]).with_suffix(".json").read_text()))
     detector.version = version
     detector.mark_trained()
-    return TrainResult(**json.loads(outcome.metrics["result"]))
+    return result

@@ -131,6 +131,7 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     work.mkdir(parents=True, exist_ok=True)
     if settings.executor == "ray" and settings.train_workers > 1 and not detector.has_loss_head:
         report(0.05, f"training on Ray: {settings.train_workers} DDP workers")
+        log.info("project %s: training on Ray with %d DDP workers", job.project_id, settings.train_workers)
         result = train_detector_ray(
             detector, train, train_config, held_out, settings.train_workers, detector.device.type == "cuda",
             settings.ray_address, work,
@@ -232,6 +233,7 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     if settings.executor == "ray" and ray_can_score(strategy, params, detector):
         options = RayOptions(settings.ray_address, settings.ray_replicas, 1.0 if detector.device.type == "cuda" else 0)
         checkpoint = detector.version.checkpoint
+        log.info("project %s: scoring %d images on Ray (%d replicas)", job.project_id, len(paths), options.replicas)
         scored = score_pool_ray(checkpoint, paths, strategy, params, context, settings.predict_batch_size, options,
                                 on_detections=keep)  # fmt: skip
     else:

@@ -1,5 +1,5 @@
-"""The Ray path on a local cluster started by the test on loopback (a head and two CPU worker
-nodes, Ray's own ``cluster_utils.Cluster``, stopped by its process handles): pool scoring as a
+"""The Ray path on a local cluster started by the test (a head and two CPU worker nodes on this
+machine, Ray's own ``cluster_utils.Cluster``, stopped by its process handles): pool scoring as a
 Ray Data job gives the in-process scores, a worker node killed mid-job costs a retry and not the
 job, and Ray Train's TorchTrainer trains the detector with DDP on two workers."""
 
@@ -17,16 +17,17 @@ from al_core.ray_scoring import RayOptions, score_pool_ray  # noqa: E402
 from al_core.ray_training import train_detector_ray  # noqa: E402
 from al_core.training import TrainConfig  # noqa: E402
 
+from .label_studio_server import label_studio_server  # noqa: E402, F401
+
 
 @pytest.fixture(scope="module")
 def cluster():
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
-    )
-    workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    # Ray's own test cluster: every node a process group of this machine (it binds the machine's
+    # own interface address; asking it for 127.0.0.1 leaves the driver unable to find the GCS).
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
     yield cluster, workers
     ray.shutdown()
@@ -60,7 +61,7 @@ def test_ray_scores_equal_in_process_scores_and_survive_a_lost_worker(cluster, t
         assert have.value == pytest.approx(want.value, abs=1e-5)
         assert have.normalized == pytest.approx(want.normalized, abs=1e-5)
     assert [i.key for i in got.select(10).images] == [i.key for i in expected.select(10).images]
-    workers[0] = ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # back to two workers
+    workers[0] = ray_cluster.add_node(num_cpus=1)  # back to two workers
 
 
 def test_set_level_scorers_stay_in_process(cluster, trained_checkpoint, tmp_path):
@@ -81,3 +82,58 @@ def test_torch_trainer_trains_with_ddp_on_two_workers(cluster, tmp_path):
         k for k, v in detector.model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])
     ]
     assert changed, "the trained weights came back to the driver"
+
+
+def test_a_backend_with_executor_ray_runs_its_cycle_on_the_cluster(
+    cluster,
+    label_studio_server,  # noqa: F811
+    image_server,
+    shapes,
+    tmp_path,
+):
+    """EXECUTOR=ray and RAY_ADDRESS: the backend trains with two DDP workers and scores the pool
+    on the cluster's replicas, then pushes predictions as the in-process cycle does."""
+    from label_studio_sdk import LabelStudio
+
+    from .label_studio_server import BACKEND_PASSWORD, BACKEND_USER, free_port, start_backend
+    from .test_label_studio_cycle import CONFIG, truth_regions, wait_for
+
+    ray_cluster, _ = cluster
+    samples = generate_shapes(shapes["root"] / "raypool", 12, seed=13)
+    ls = LabelStudio(base_url=label_studio_server.url, api_key=label_studio_server.token)
+    project = ls.projects.create(title="Cycle on Ray", label_config=CONFIG)
+    urls = [f"{image_server.url}/raypool/{s.path.split('/')[-1]}" for s in samples]
+    ids = ls.projects.import_tasks(id=project.id, request=[{"image": u} for u in urls], return_task_ids=True).task_ids
+    for task_id, sample in list(zip(ids, samples))[:8]:
+        ls.annotations.create(id=task_id, result=truth_regions(sample))
+    env = {
+        "PORT": str(free_port()),
+        "DATA_DIR": str(tmp_path),
+        "LABEL_STUDIO_URL": label_studio_server.url,
+        "LABEL_STUDIO_API_KEY": label_studio_server.token,
+        "BASIC_AUTH_USER": BACKEND_USER,
+        "BASIC_AUTH_PASS": BACKEND_PASSWORD,
+        "FETCH_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}",
+        "TRAIN_MIN_NEW_ANNOTATIONS": "1000",
+        "TRAIN_EPOCHS": "2",
+        "EXECUTOR": "ray",
+        "RAY_ADDRESS": ray_cluster.address,
+        "TRAIN_WORKERS": "2",
+        "RAY_REPLICAS": "2",
+    }
+    backend = start_backend(env, tmp_path / "backend.log")
+    try:
+        job = backend.post("/train", json={"project": project.id}).json()
+        done = lambda: backend.get(f"/jobs/{job['job_id']}").json()["state"] in ("done", "failed")  # noqa: E731
+        wait_for(done, 600, "the cycle on Ray")
+        final = backend.get(f"/jobs/{job['job_id']}").json()
+        assert final["state"] == "done", final
+    finally:
+        backend.stop()
+    log = (tmp_path / "backend.log").read_text()
+    assert "training on Ray with 2 DDP workers" in log and "scoring 4 images on Ray (2 replicas)" in log
+    version = f"p{project.id}-v1"
+    unlabeled = [t for t in ls.tasks.list(project=project.id, fields="all") if not t.annotations]
+    assert len(unlabeled) == 4
+    for task in unlabeled:
+        assert [p.model_version for p in task.predictions] == [version] and "priority" in task.data
