@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 from pathlib import Path
 
@@ -109,13 +110,23 @@ def train_command(args: argparse.Namespace) -> int:
     data = read_dataset(args.images, args.image_root)
     if not data.class_names:
         raise DatasetError(f"{args.images} has no labeled boxes to train on")
-    torch.manual_seed(args.seed)
+    device, chief = args.device, True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one process per GPU (or CPU)
+        import torch.distributed as dist
+
+        cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+        dist.init_process_group("nccl" if cuda else "gloo")
+        device = f"cuda:{os.environ['LOCAL_RANK']}" if cuda else "cpu"
+        chief = dist.get_rank() == 0
+    torch.manual_seed(args.seed)  # the same initial weights on every worker
     detector = Detector.create(
-        args.detector, data.class_names, args.pretrained, device=args.device, loss_head=args.loss_head
+        args.detector, data.class_names, args.pretrained, device=device, loss_head=args.loss_head
     )
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     train, held_out = split_held_out(data.images, args.held_out, seed=args.seed)
     result = train_detector(detector, train, config, held_out, show_progress=True, state_path=args.state)
+    if not chief:
+        return 0
     detector.save(args.out, args.version)
     print(
         f"trained {result.iterations} steps in {result.seconds:.0f} s, last loss {result.final_loss:.3f} -> {args.out}"

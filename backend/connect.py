@@ -39,6 +39,7 @@ def connect(
     password: str = "",
     title: str = "Active-learning detector",
     train_on_annotation_update: bool = False,
+    priority_in_task_data: bool = False,
 ) -> Connection:
     ls = LabelStudio(base_url=label_studio_url, api_key=api_key)
     backend_url = backend_url.rstrip("/")
@@ -73,7 +74,7 @@ def connect(
     model_version = ls.projects.get(id=project_id).model_version
     if train_on_annotation_update:
         ls.projects.update(id=project_id, start_training_on_annotation_update=True)
-    return Connection(ml.id, webhook.id, model_version, project.ensure_priority_view())
+    return Connection(ml.id, webhook.id, model_version, project.ensure_priority_view(priority_in_task_data))
 
 
 def main(argv: list[str]) -> int:
@@ -99,6 +100,7 @@ def main(argv: list[str]) -> int:
         args.password,
         args.title,
         args.train_on_annotation_update,
+        settings.write_task_priority,
     )
     print(
         f"connected: ML backend {done.ml_backend_id}, webhook {done.webhook_id} with credentials, "

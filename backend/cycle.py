@@ -248,8 +248,9 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     report(0.85, f"pushing {len(items)} predictions and priorities to Label Studio")
     predictions = [item[3] for item in items]
     project.push_predictions(predictions, version)
-    project.write_priorities(predictions, {task.id: task.data for task, *_ in items})
-    services.store.save_view(job.project_id, project.ensure_priority_view())
+    if settings.write_task_priority:
+        project.write_priorities(predictions, {task.id: task.data for task, *_ in items})
+    services.store.save_view(job.project_id, project.ensure_priority_view(settings.write_task_priority))
     project.set_model_version(version, settings.set_uncertainty_sampling)
     # The new version replaces the backend's older ones in the editor (never other tools' versions).
     older = [v.name for v in services.store.versions(job.project_id) if v.name != version]

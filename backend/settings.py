@@ -106,6 +106,12 @@ class Settings:
     set_uncertainty_sampling: bool = field(
         default=True, metadata=_doc("After each run, set the project's sampling to Uncertainty sampling.")
     )
+    write_task_priority: bool = field(
+        default=False,
+        metadata=_doc(
+            "Also write each task's data.priority (one PATCH per task, slow); off: predictions carry it, in bulk."
+        ),
+    )
     executor: str = field(
         default="local", metadata=_doc("Where cycles score the pool and train: local (in process) or ray.")
     )

@@ -58,7 +58,8 @@ class LabelStudioProject:
 
     def write_priorities(self, items: Sequence[TaskPrediction], task_data: dict[int, dict]) -> None:
         """``data.priority`` = informativeness on each task, so a view can sort by it. Label Studio
-        has no bulk update of task data: the PATCHes run in parallel."""
+        has no bulk update of task data: one PATCH per task, in parallel; about 12 tasks/s on
+        its own SQLite server (BENCHMARKS.md), so this is an option, not the default."""
 
         def patch(item: TaskPrediction) -> None:
             data = {**task_data[item.task_id], PRIORITY_KEY: round(item.informativeness, 6)}
@@ -67,18 +68,18 @@ class LabelStudioProject:
         with ThreadPoolExecutor(self.workers) as pool:
             list(pool.map(patch, items))
 
-    def ensure_priority_view(self) -> int:
-        """A Data Manager tab of the tasks nobody has labeled yet, highest priority first;
-        created once, reused after."""
-        for view in self.client.views.list(project=self.project_id):
-            if (view.data or {}).get("title") == PRIORITY_VIEW_TITLE:
-                return view.id
+    def ensure_priority_view(self, by_task_data: bool = False) -> int:
+        """A Data Manager tab of the tasks nobody has labeled yet, most informative first:
+        by the prediction score, lowest first (the predictions carry it, pushed in bulk), or by
+        ``data.priority``, highest first, when priorities are written into the tasks. Created
+        once; its ordering follows ``by_task_data`` after that."""
+        ordering = [f"-tasks:data.{PRIORITY_KEY}"] if by_task_data else ["tasks:predictions_score"]
         data = {
             "title": PRIORITY_VIEW_TITLE,
-            "ordering": [f"-tasks:data.{PRIORITY_KEY}"],
+            "ordering": ordering,
             # PostgreSQL sorts JSON fields as text unless the column is declared a number.
             "columnsDisplayType": {f"tasks:data.{PRIORITY_KEY}": "Number"},
-            # Labeled tasks keep the priority they had when chosen; the to-do list leaves them out.
+            # Labeled tasks keep the score they had when chosen; the to-do list leaves them out.
             "filters": {
                 "conjunction": "and",
                 "items": [
@@ -86,6 +87,11 @@ class LabelStudioProject:
                 ],
             },
         }
+        for view in self.client.views.list(project=self.project_id):
+            if (view.data or {}).get("title") == PRIORITY_VIEW_TITLE:
+                if view.data.get("ordering") != ordering:
+                    self.client.views.update(id=view.id, project=self.project_id, data=data)
+                return view.id
         return self.client.views.create(project=self.project_id, data=data).id
 
     def delete_predictions(self, model_versions: Sequence[str]) -> int:

@@ -179,7 +179,8 @@ def main() -> int:
         print(f"\nCSV exports (image, score; most informative first): {exports}")
         for path in sorted(exports.glob("cycle_*.csv")):
             print(f"  {path}")
-        print(f"Most informative task now: {top.id} (priority {top.data.get('priority')})")
+        score = top.predictions[0].score if top.predictions else None
+        print(f"Most informative task now: {top.id} (prediction score {score}: 1 - informativeness)")
         if args.screenshot:
             from browser_check import labeling_page_regions
 

@@ -21,6 +21,7 @@ from label_studio_sdk import LabelStudio
 from prometheus_client.parser import text_string_to_metric_families
 
 from al_core.datasets import generate_shapes, read_dataset
+from backend.store import Store
 from exporters.label_studio_api import LabelStudioProject
 from exporters.label_studio_regions import box_to_percent, percent_to_box
 
@@ -191,17 +192,22 @@ def test_label_studio_serves_the_most_informative_task_first(cycle, label_studio
     assert backend.post("/setup", json={"project": f"{project}.1", "schema": CONFIG}).json()["model_version"] == version
     unlabeled = [t for t in ls.tasks.list(project=project, fields="all") if not t.annotations]
     assert len(unlabeled) == 40 - LABELED
-    for task in unlabeled:  # the new version's predictions replaced the old ones
-        assert [p.model_version for p in task.predictions] == [version] and "priority" in task.data
-        assert task.predictions[0].score == pytest.approx(1 - task.data["priority"], abs=1e-5)
-    most_informative = max(unlabeled, key=lambda t: (t.data["priority"], -t.id))
+    stored = {
+        s.task_id: s for s in Store(Path(backend.env["DATA_DIR"]) / "state.sqlite3").task_scores(project, version)
+    }
+    for task in unlabeled:  # the new version's predictions replaced the old ones, and carry the score
+        assert [p.model_version for p in task.predictions] == [version]
+        assert "priority" not in task.data  # no per-task PATCH by default (WRITE_TASK_PRIORITY)
+        assert task.predictions[0].score == pytest.approx(1 - stored[task.id].normalized, abs=1e-5)
+    score = {t.id: t.predictions[0].score for t in unlabeled}
+    lowest = min(score.values())
     headers = {"Authorization": f"Token {label_studio_server.token}"}
     nxt = requests.get(f"{label_studio_server.url}/api/projects/{project}/next", headers=headers, timeout=30).json()
-    assert nxt["data"]["priority"] == pytest.approx(most_informative.data["priority"])
-    # The sorted Data Manager view lists the same task first.
+    assert score[nxt["id"]] == pytest.approx(lowest)
+    # The Data Manager tab lists the unlabeled tasks by that score, most informative first.
     view = next(v for v in ls.views.list(project=project) if (v.data or {}).get("title") == "Most informative first")
-    first = next(iter(ls.tasks.list(project=project, view=view.id, fields="all")))
-    assert first.data["priority"] == pytest.approx(most_informative.data["priority"])
+    listed = [t.id for t in ls.tasks.list(project=project, view=view.id)]
+    assert sorted(listed) == sorted(score) and [score[i] for i in listed] == sorted(score.values())
 
 
 def test_cycle_exports(cycle):

@@ -2,6 +2,7 @@
 non-finite stop, COCO mAP, atomic model versions and refusing broken ones."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -106,3 +107,26 @@ def test_a_broken_version_is_refused_and_the_active_one_stays(tmp_path, untraine
     (good.path / "metrics.json").unlink()
     with pytest.raises(ValueError, match="not a complete model version"):
         read_version(good.path)
+
+
+def test_torchrun_trains_the_same_loop_on_two_processes(shapes, tmp_path):
+    """`torchrun --nproc_per_node 2 -m al_core train`: two gloo workers, each on its shard under
+    DistributedDataParallel; rank 0 saves a checkpoint that loads and has learned."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from exporters.coco import write_coco
+
+    coco = write_coco(shapes["train"][:16], SHAPE_CLASSES, tmp_path / "sixteen.json")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--nproc_per_node", "2", "--master_port", "0", "-m", "al_core", "train"]
+    command += ["--images", str(coco), "--epochs", "2", "--out", str(tmp_path / "ddp.pt"), "--device", "cpu"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 16 images, 2 workers, batches of 4: 2 steps per epoch on each worker.
+    assert "trained 4 steps" in done.stdout
+    detector = Detector.load(tmp_path / "ddp.pt")
+    assert detector.version.trained and detector.class_names == SHAPE_CLASSES
