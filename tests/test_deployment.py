@@ -38,6 +38,8 @@ def test_compose_wires_label_studio_and_the_backend():
     assert backend["environment"]["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert backend["environment"]["LABEL_STUDIO_API_KEY"] == env["LABEL_STUDIO_USER_TOKEN"]
     assert "backend-data:/data" in backend["volumes"]
+    ray_head = compose["services"]["ray-head"]  # optional: only with --profile ray
+    assert ray_head["profiles"] == ["ray"] and "--head" in ray_head["command"]
     known = {field.name.upper() for field in dataclasses.fields(Settings)}
     gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]["backend"]
     for name in [*backend["environment"], *gpu["environment"]]:

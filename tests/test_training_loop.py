@@ -120,7 +120,7 @@ def test_torchrun_trains_the_same_loop_on_two_processes(shapes, tmp_path):
 
     coco = write_coco(shapes["train"][:16], SHAPE_CLASSES, tmp_path / "sixteen.json")
     torchrun = Path(sys.executable).parent / "torchrun"
-    command = [str(torchrun), "--nproc_per_node", "2", "--master_port", "0", "-m", "al_core", "train"]
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "al_core", "train"]
     command += ["--images", str(coco), "--epochs", "2", "--out", str(tmp_path / "ddp.pt"), "--device", "cpu"]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
