@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from backend_process import BackendProcess, start_backend  # noqa: E402
 from label_studio import free_port  # noqa: E402
 
 from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
@@ -48,36 +48,19 @@ CONFIG = (
 )
 
 
-class Backend:
-    def __init__(self, checkpoint: Path, files: Path, state: Path, batch_size: int, max_wait_ms: float):
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "PORT": str(self.port),
-            "DATA_DIR": str(state),
-            "MODEL_CHECKPOINT": str(checkpoint),
-            "LOCAL_FILES_ROOT": str(files),
-            "PREDICT_BATCH_SIZE": str(batch_size),
-            "PREDICT_MAX_WAIT_MS": str(max_wait_ms),
-            "SERVER_THREADS": "16",
-            "LOG_LEVEL": "WARNING",
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "backend"], cwd=ROOT, env=env, start_new_session=True, stderr=subprocess.DEVNULL
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.3)
-        raise RuntimeError("the backend did not start")
-
-    def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
+def serve(checkpoint: Path, files: Path, state: Path, batch_size: int, max_wait_ms: float) -> BackendProcess:
+    state.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PORT": str(free_port()),
+        "DATA_DIR": str(state),
+        "MODEL_CHECKPOINT": str(checkpoint),
+        "LOCAL_FILES_ROOT": str(files),
+        "PREDICT_BATCH_SIZE": str(batch_size),
+        "PREDICT_MAX_WAIT_MS": str(max_wait_ms),
+        "SERVER_THREADS": "16",
+        "LOG_LEVEL": "WARNING",
+    }
+    return start_backend(env, state / "backend.log")
 
 
 WRK_SCRIPT = """
@@ -96,7 +79,7 @@ end
 """
 
 
-def load(backend: Backend, paths: list[str], clients: int, per_request: int, seconds: float, tmp: Path) -> dict:
+def load(backend: BackendProcess, paths: list[str], clients: int, per_request: int, seconds: float, tmp: Path) -> dict:
     """``clients`` connections sending requests of ``per_request`` tasks for ``seconds``, from
     wrk (C, so the load generator takes little of the CPU the server needs); the task lists
     walk the pool."""
@@ -179,7 +162,7 @@ def main() -> None:
                 ("dynamic batching, 8 clients x 1 task", 8, args.clients, 1),
                 ("HTTP, 1 client x 8 tasks", 8, 1, 8),
             ):
-                backend = Backend(checkpoint, tmp, tmp / f"state-{name[:3]}-{repeat}", batch, args.max_wait_ms)
+                backend = serve(checkpoint, tmp, tmp / f"state-{name[:3]}-{repeat}", batch, args.max_wait_ms)
                 try:
                     runs.setdefault(name, []).append(load(backend, paths, clients, per_request, args.seconds, tmp))
                 finally:

@@ -18,7 +18,6 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import label_studio  # noqa: E402
+from backend_process import start_backend  # noqa: E402
 from label_studio_sdk import LabelStudio  # noqa: E402
 
 from al_core.datasets import DIGIT_CLASSES, DigitCanvasConfig, generate_digit_canvases  # noqa: E402
@@ -60,29 +60,6 @@ def regions(sample, size: int) -> list[dict]:
         }
         for box, label in zip(sample.boxes.tolist(), sample.labels.tolist())
     ]
-
-
-def start_backend(env: dict, log: Path, timeout: float = 180) -> tuple[str, subprocess.Popen]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "backend"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=open(log, "a"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://{env['HOST']}:{env['PORT']}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the backend exited; see {log}")
-        try:
-            if requests.get(f"{url}/health", timeout=1).ok:
-                return url, process
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the backend did not answer /health within {timeout} s; see {log}")
 
 
 def wait_for_job(backend: str, project_id: int, known: set[str], timeout: float = 1800) -> dict:
@@ -145,7 +122,8 @@ def main() -> int:
             "AL_BUDGET": str(args.per_cycle),
         }
         (args.dir / "backend").mkdir(parents=True)
-        backend, backend_process = start_backend(env, args.dir / "backend.log")
+        backend_process = start_backend(env, args.dir / "backend.log")
+        backend = backend_process.url
         done = connect(ls_server.url, ls_server.token, project.id, backend, BACKEND_USER, BACKEND_PASSWORD)
 
         rows, known = [], set()
@@ -202,9 +180,8 @@ def main() -> int:
         except KeyboardInterrupt:
             return 0
     finally:
-        if backend_process is not None and backend_process.poll() is None:
-            os.killpg(backend_process.pid, signal.SIGTERM)
-            backend_process.wait(timeout=30)
+        if backend_process is not None:
+            backend_process.stop()
         ls_server.stop()
 
 
