@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from .detectors import Detector
 from .pool import ScoredPool, check_needs
-from .scoring import SCORERS, PoolImage, Scorer, ScoringContext, create_scorer
+from .scoring import PoolImage, Scorer, ScoringContext, create_scorer
 from .types import Detections, ImageScore
 
 
@@ -46,9 +46,6 @@ class _Replica:
     """One model replica: loads the checkpoint once, scores the batches it is handed."""
 
     def __init__(self, checkpoint: str, strategy: str, params: dict, context: ScoringContext, device: str):
-        import torch
-
-        torch.set_flush_denormal(True)
         self.detector = Detector.load(checkpoint, device=device)
         self.scorer = create_scorer(strategy, **params)
         self.context = context
@@ -113,13 +110,13 @@ def score_pool_ray(
     options = options or RayOptions()
     params = params or {}
     detector = Detector.load(checkpoint, device="cpu")
-    scorer = create_scorer(strategy, **params)
-    if strategy not in SCORERS or is_set_level(scorer):
-        raise ValueError(f"{strategy} ranks the pool as a whole (a set-level step); score it in process")
-    if "trained_head" in scorer.needs and not detector.version.trained:
-        raise ValueError(f"{strategy} needs a trained head; the cold-start rule (core-set) runs in process")
+    if not ray_can_score(strategy, params, detector):
+        raise ValueError(
+            f"score {strategy} in process: it ranks the pool as a whole (a set-level step), "
+            "or its head is untrained (the cold-start rule)"
+        )
     context = context or ScoringContext()
-    check_needs(scorer, detector, context)
+    check_needs(create_scorer(strategy, **params), detector, context)
     context.detector = None  # each replica sets its own
     if not ray.is_initialized():
         ray.init(address=options.address or None, include_dashboard=False, log_to_driver=False)

@@ -44,8 +44,6 @@ class Batcher:
         self._waiting: list[_Item] = []
         self._changed = threading.Condition()
         self._closed = False
-        self.batches = 0  # batches run and images in them, for /metrics and the benchmark
-        self.images = 0
         self._worker = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._worker.start()
 
@@ -91,7 +89,5 @@ class Batcher:
                 for item in batch:
                     item.future.set_exception(error)
                 continue
-            self.batches += 1
-            self.images += len(batch)
             for item, result in zip(batch, results, strict=True):
                 item.future.set_result(result)

@@ -253,8 +253,10 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     services.store.save_view(job.project_id, project.ensure_priority_view(settings.write_task_priority))
     project.set_model_version(version, settings.set_uncertainty_sampling)
     # The new version replaces the backend's older ones in the editor (never other tools' versions).
-    older = [v.name for v in services.store.versions(job.project_id) if v.name != version]
-    project.delete_predictions([*older, services.models.base.version.name])
+    ours = {v.name for v in services.store.versions(job.project_id)} | {services.models.base.version.name}
+    project.delete_predictions(
+        [v for v, count in project.prediction_versions().items() if v in ours - {version} and count]
+    )
     return [(task, path, score, kept[path]) for task, path, score, _ in items]
 
 

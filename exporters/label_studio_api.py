@@ -95,6 +95,13 @@ class LabelStudioProject:
                 return view.id
         return self.client.views.create(project=self.project_id, data=data).id
 
+    def prediction_versions(self) -> dict[str, int]:
+        """How many predictions the project holds of each model version."""
+        http = self.client._client_wrapper.httpx_client  # the SDK has no call for this endpoint
+        response = http.request(f"api/projects/{self.project_id}/model-versions/", method="GET")
+        response.raise_for_status()
+        return {str(version): int(count) for version, count in response.json().items()}
+
     def delete_predictions(self, model_versions: Sequence[str]) -> int:
         """Remove every prediction of these model versions (the backend's older ones), so the
         annotator sees one pre-annotation per task: the newest. Call it after the project's
