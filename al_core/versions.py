@@ -5,6 +5,7 @@
     <root>/<name>/label_map.json      class names, index = label
     <root>/<name>/labeled.json        ids of the labeled items it was trained on
     <root>/<name>/metrics.json        evaluation and training figures
+    <root>/<name>/checksums.json      SHA-256 of model.pt, checked whenever the version is read
 
 Everything is written into a hidden temporary directory that is renamed into place at the end,
 so a crash leaves either no version or a complete one.
@@ -13,6 +14,7 @@ so a crash leaves either no version or a complete one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +24,15 @@ from pathlib import Path
 
 from .detectors import Detector
 
-FILES = ("model.pt", "train_config.json", "label_map.json", "labeled.json", "metrics.json")
+FILES = ("model.pt", "train_config.json", "label_map.json", "labeled.json", "metrics.json", "checksums.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ def write_version(
             "label_map.json": list(detector.class_names),
             "labeled.json": sorted(int(i) for i in labeled_ids),
             "metrics.json": metrics,
+            "checksums.json": {"model.pt": _sha256(tmp / "model.pt")},
         }
         for file, content in documents.items():
             (tmp / file).write_text(json.dumps(content, indent=2))
@@ -72,6 +83,9 @@ def read_version(path: str | Path) -> VersionRecord:
     if missing:
         raise ValueError(f"{path} is not a complete model version: missing {missing}")
     load = lambda file: json.loads((path / file).read_text())  # noqa: E731
+    # A flipped bit in the weights still unpickles; only the checksum tells.
+    if _sha256(path / "model.pt") != load("checksums.json")["model.pt"]:
+        raise ValueError(f"{path / 'model.pt'} is corrupted: its SHA-256 is not the one written with it")
     return VersionRecord(
         path.name,
         path,

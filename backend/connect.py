@@ -2,10 +2,10 @@
 
 Registering with basic auth leaves the webhook Label Studio creates without credentials, so
 annotation events would get 401. This command registers the backend through the SDK, puts the
-``Authorization`` header on the webhook (creating it when Label Studio did not), sets the
-project's model version to the backend's trained version (when it has one for the project;
-Label Studio refuses versions it has no predictions of) and adds the view ordered by
-informativeness.
+``Authorization`` header (and ``X-Webhook-Secret`` when WEBHOOK_SECRET is set) on the webhook
+(creating it when Label Studio did not), sets the project's model version to the backend's
+trained version (when it has one for the project; Label Studio refuses versions it has no
+predictions of) and adds the view ordered by informativeness.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def connect(
     title: str = "Active-learning detector",
     train_on_annotation_update: bool = False,
     priority_in_task_data: bool = False,
+    webhook_secret: str = "",
 ) -> Connection:
     ls = LabelStudio(base_url=label_studio_url, api_key=api_key)
     backend_url = backend_url.rstrip("/")
@@ -49,6 +50,8 @@ def connect(
     if user:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
+    if webhook_secret:
+        headers["X-Webhook-Secret"] = webhook_secret
     webhook = next(
         (w for w in ls.webhooks.list(project=project_id) if w.url.rstrip("/") == f"{backend_url}/webhook"), None
     )
@@ -101,6 +104,7 @@ def main(argv: list[str]) -> int:
         args.title,
         args.train_on_annotation_update,
         settings.write_task_priority,
+        settings.webhook_secret,
     )
     print(
         f"connected: ML backend {done.ml_backend_id}, webhook {done.webhook_id} with credentials, "

@@ -97,7 +97,9 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
         )
     params = job.params
     strategy = params.get("strategy", settings.al_strategy)
-    project = LabelStudioProject(settings.label_studio_url, settings.label_studio_api_key, job.project_id)
+    project = LabelStudioProject(
+        settings.label_studio_url, settings.label_studio_api_key, job.project_id, retries=settings.label_studio_retries
+    )
     store.reset_annotation_events(job.project_id)
 
     report(0.01, "fetching annotations from Label Studio")
@@ -246,18 +248,44 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     services.store.save_scores(job.project_id, scores)
 
     report(0.85, f"pushing {len(items)} predictions and priorities to Label Studio")
-    predictions = [item[3] for item in items]
-    project.push_predictions(predictions, version)
-    if settings.write_task_priority:
-        project.write_priorities(predictions, {task.id: task.data for task, *_ in items})
-    services.store.save_view(job.project_id, project.ensure_priority_view(settings.write_task_priority))
-    project.set_model_version(version, settings.set_uncertainty_sampling)
-    # The new version replaces the backend's older ones in the editor (never other tools' versions).
-    ours = {v.name for v in services.store.versions(job.project_id)} | {services.models.base.version.name}
-    project.delete_predictions(
-        [v for v, count in project.prediction_versions().items() if v in ours - {version} and count]
-    )
+    push(services, project, [item[3] for item in items], {task.id: task.data for task, *_ in items}, version)
     return [(task, path, score, kept[path]) for task, path, score, _ in items]
+
+
+def push(services: CycleServices, project: LabelStudioProject, predictions, task_data, version: str) -> None:
+    """The cycle's results into Label Studio, all or nothing as far as annotators can see: until
+    the project's model version moves, the tab and the editor show the previous version. If a
+    step fails after the SDK's retries, the new version's predictions already written are
+    removed and the job fails saying so."""
+    settings = services.settings
+    try:
+        project.push_predictions(predictions, version)
+        if settings.write_task_priority:
+            project.write_priorities(predictions, task_data)
+        services.store.save_view(project.project_id, project.ensure_priority_view(settings.write_task_priority))
+        project.set_model_version(version, settings.set_uncertainty_sampling)
+    except Exception as error:
+        try:
+            project.delete_predictions([version])
+            undone = "its predictions written so far were removed"
+        except Exception as cleanup_error:
+            undone = f"removing its predictions written so far failed too ({type(cleanup_error).__name__})"
+        raise CycleError(
+            f"pushing {version} to Label Studio failed after {settings.label_studio_retries} retries "
+            f"({type(error).__name__}: {error}); {undone}; the project still shows the previous version. "
+            "Trigger training again once Label Studio answers."
+        ) from None
+    # The new version replaces the backend's older ones in the editor (never other tools' versions).
+    # A failure here leaves extra old predictions, which the next cycle removes: logged, not fatal.
+    ours = {v.name for v in services.store.versions(project.project_id)} | {services.models.base.version.name}
+    try:
+        project.delete_predictions(
+            [v for v, count in project.prediction_versions().items() if v in ours - {version} and count]
+        )
+    except Exception as error:
+        log.warning(
+            "project %s: older predictions not removed: %s: %s", project.project_id, type(error).__name__, error
+        )
 
 
 def _aggregates(strategy: str) -> bool:

@@ -1,16 +1,21 @@
-"""Background jobs: one worker thread, jobs in SQLite, triggers for a busy project coalesced.
+"""Background jobs: jobs in SQLite, run one at a time, triggers for a busy project coalesced.
 
 A trigger for a project with a queued job joins that job (its parameters updated). A trigger
 while the project's job is running queues exactly one follow-up run. Jobs never run in
-parallel: one training at a time is what a shared CPU or GPU can take.
+parallel, not even across processes sharing the state directory (replicas): a worker claims a
+job in one SQLite transaction and only when no job runs. The running job's owner beats a
+heartbeat; a job whose owner died (SIGKILL, a lost machine) is failed with a reason and can be
+triggered again.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from .store import Job, Store
@@ -21,58 +26,85 @@ Report = Callable[[float, str], None]
 Work = Callable[[Job, Report], str | None]  # returns the new model version, if any
 
 INTERRUPTED = "the backend process stopped while this job ran; trigger training again to re-run it"
+HEARTBEAT_S = 5.0
+LEASE_S = 60.0  # a running job without a heartbeat for this long lost its owner
+POLL_S = 2.0  # how often an idle worker looks for jobs queued by another process
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class JobRunner:
-    def __init__(self, store: Store, work: Work):
+    def __init__(self, store: Store, work: Work, lease_s: float = LEASE_S):
         self.store = store
         self.work = work
+        self.lease_s = lease_s
+        self.host = socket.gethostname()
+        # host:pid:token; the token tells this process from an earlier one with the same pid
+        self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._queue: queue.Queue[str] = queue.Queue()
         self._thread: threading.Thread | None = None
-        for job_id in store.fail_interrupted_jobs(INTERRUPTED):
-            log.warning("job %s was interrupted by a restart and is marked failed", job_id)
-        for job in store.jobs(state="queued"):  # queued before a restart: still wanted
-            self._queue.put(job.id)
+        for job_id in store.fail_gone_jobs(self.owner_gone, INTERRUPTED):
+            log.warning("job %s was left running by a process that is gone; marked failed", job_id)
+
+    def owner_gone(self, owner: str | None, heartbeat_at: float | None) -> bool:
+        """Whether a running job's owner is dead: on this host, its pid is gone or is a
+        different process now; elsewhere, its heartbeat is older than the lease."""
+        if owner == self.owner:
+            return False
+        host, pid, _token = (owner or "::").split(":", 2) if (owner or "").count(":") >= 2 else ("", "", "")
+        if host == self.host and pid.isdigit():
+            return int(pid) == os.getpid() or not _pid_alive(int(pid))
+        return heartbeat_at is None or time.time() - heartbeat_at > self.lease_s
+
+    def claim(self) -> Job | None:
+        return self.store.claim_next_job(self.owner, self.owner_gone, INTERRUPTED)
 
     def submit(self, project_id: int, params: dict, trigger: str) -> tuple[Job, bool]:
         """(the job that will do the work, whether the trigger joined an existing one)."""
-        with self._lock:
-            waiting = self.store.jobs(project_id, state="queued")
-            if waiting:
-                job = waiting[0]
-                if params:
-                    self.store.update_job(job.id, params={**job.params, **params})
-                return self.store.job(job.id), True
-            job = self.store.create_job(project_id, params, trigger)
-            self._queue.put(job.id)
-            self._ensure_worker()
-            return job, False
-
-    def _ensure_worker(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run_forever, name="jobs", daemon=True)
-            self._thread.start()
+        job, joined = self.store.submit_job(project_id, params, trigger)
+        self.start()
+        self._wake.set()
+        return job, joined
 
     def start(self) -> None:
         with self._lock:
-            if not self._queue.empty():
-                self._ensure_worker()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run_forever, name="jobs", daemon=True)
+                self._thread.start()
 
     def _run_forever(self) -> None:
         while True:
-            job_id = self._queue.get()
-            with self._lock:
-                job = self.store.job(job_id)
-                if job is None or job.state != "queued":
-                    continue
-                self.store.update_job(job_id, state="running", stage="starting", started_at=time.time())
+            try:
+                job = self.claim()
+            except Exception:  # a locked or broken database: keep the worker alive
+                log.exception("cannot claim a job")
+                job = None
+            if job is None:
+                self._wake.wait(POLL_S)
+                self._wake.clear()
+                continue
             self._run(job)
 
     def _run(self, job: Job) -> None:
         def report(progress: float, stage: str) -> None:
             self.store.update_job(job.id, progress=round(min(max(progress, 0.0), 1.0), 4), stage=stage)
 
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(HEARTBEAT_S):
+                self.store.update_job(job.id, heartbeat_at=time.time())
+
+        threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True).start()
         try:
             version = self.work(job, report)
         except Exception as error:  # the job fails, the service keeps serving
@@ -81,6 +113,8 @@ class JobRunner:
                 job.id, state="failed", error=f"{type(error).__name__}: {error}", finished_at=time.time()
             )
             return
+        finally:
+            done.set()
         self.store.update_job(
             job.id, state="done", stage="done", progress=1.0, version=version, finished_at=time.time()
         )

@@ -85,6 +85,14 @@ class Settings:
     label_studio_api_key: str = field(
         default="", metadata=_doc("Label Studio legacy token or personal access token (never logged).")
     )
+    label_studio_retries: int = field(
+        default=4,
+        metadata=_doc("Retries of a failed Label Studio call (connection, 5xx, 429), backoff 1 s, 2 s, 4 s, ..."),
+    )
+    webhook_secret: str = field(
+        default="",
+        metadata=_doc("If set, /webhook requires it in the X-Webhook-Secret header (Label Studio webhook headers)."),
+    )
     train_min_new_annotations: int = field(
         default=5, metadata=_doc("Annotation events since the last run that start a training run.")
     )
@@ -129,7 +137,7 @@ class Settings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.basic_auth_pass, self.label_studio_api_key) if s)
+        return tuple(s for s in (self.basic_auth_pass, self.label_studio_api_key, self.webhook_secret) if s)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:

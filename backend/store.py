@@ -8,7 +8,8 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -42,7 +43,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     version TEXT,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    owner TEXT,
+    heartbeat_at REAL
 );
 CREATE TABLE IF NOT EXISTS versions (
     name TEXT PRIMARY KEY,
@@ -67,6 +70,7 @@ CREATE TABLE IF NOT EXISTS cycles (
 """
 
 JOB_STATES = ("queued", "running", "done", "failed")
+GoneCheck = Callable[[str | None, float | None], bool]  # (owner, heartbeat_at) -> the owner is dead
 
 
 @dataclass(frozen=True)
@@ -127,9 +131,27 @@ class Store:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in (("owner", "TEXT"), ("heartbeat_at", "REAL")):  # state written by older builds
+                if column not in columns:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write lock on the whole database for the block: atomic across processes."""
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
 
     # projects
     def save_project(self, project_id: int, label_config: str) -> None:
@@ -188,15 +210,71 @@ class Store:
         return [TaskScore(*row) for row in rows]
 
     # jobs
-    def create_job(self, project_id: int, params: dict, trigger: str) -> Job:
-        job = Job(uuid.uuid4().hex[:12], project_id, "queued", "queued", 0.0, params, trigger, created_at=time.time())
-        with self._connect() as db:
+    def submit_job(self, project_id: int, params: dict, trigger: str) -> tuple[Job, bool]:
+        """(the job that will do the work, whether the trigger joined the project's queued job).
+        One transaction, so two processes sharing the state never queue two runs."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id, params FROM jobs WHERE project_id = ? AND state = 'queued' ORDER BY created_at LIMIT 1",
+                (project_id,),
+            ).fetchone()
+            if row:
+                if params:
+                    db.execute(
+                        "UPDATE jobs SET params = ? WHERE id = ?",
+                        (json.dumps({**json.loads(row[1]), **params}), row[0]),
+                    )
+                job_id, joined = row[0], True
+            else:
+                job_id, joined = uuid.uuid4().hex[:12], False
+                db.execute(
+                    "INSERT INTO jobs (id, project_id, state, stage, params, trigger, created_at) "
+                    "VALUES (?, ?, 'queued', 'queued', ?, ?, ?)",
+                    (job_id, project_id, json.dumps(params), trigger, time.time()),
+                )
+        return self.job(job_id), joined
+
+    def fail_gone_jobs(self, is_gone: GoneCheck, reason: str) -> list[str]:
+        """Running jobs whose owner is gone (``is_gone(owner, heartbeat_at)``): failed with
+        ``reason``, so they can be triggered again. Returns their ids."""
+        with self._transaction() as db:
+            return self._fail_gone(db, is_gone, reason)[0]
+
+    @staticmethod
+    def _fail_gone(db: sqlite3.Connection, is_gone: GoneCheck, reason: str) -> tuple[list[str], bool]:
+        """(ids failed, whether a job with a live owner is still running)."""
+        failed, alive = [], False
+        for job_id, owner, heartbeat_at in db.execute(
+            "SELECT id, owner, heartbeat_at FROM jobs WHERE state = 'running'"
+        ):
+            if is_gone(owner, heartbeat_at):
+                failed.append(job_id)
+            else:
+                alive = True
+        for job_id in failed:
             db.execute(
-                "INSERT INTO jobs (id, project_id, state, stage, params, trigger, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job.id, project_id, job.state, job.stage, json.dumps(params), trigger, job.created_at),
+                "UPDATE jobs SET state = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                (reason, time.time(), job_id),
             )
-        return job
+        return failed, alive
+
+    def claim_next_job(self, owner: str, is_gone: GoneCheck, reason: str) -> Job | None:
+        """The oldest queued job, now running and owned by ``owner``; None while any job runs
+        (one training at a time, across every process sharing the state). Running jobs whose
+        owner is gone are failed first, with ``reason``."""
+        now = time.time()
+        with self._transaction() as db:
+            if self._fail_gone(db, is_gone, reason)[1]:
+                return None
+            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'running', stage = 'starting', owner = ?, heartbeat_at = ?, started_at = ? "
+                "WHERE id = ?",
+                (owner, now, now, row[0]),
+            )
+        return self.job(row[0])
 
     def update_job(self, job_id: str, **fields) -> None:
         if "params" in fields:
@@ -225,16 +303,6 @@ class Store:
         with self._connect() as db:
             rows = db.execute(f"SELECT {columns} FROM jobs {where}", args).fetchall()
         return [Job(*row[:5], json.loads(row[5]), *row[6:]) for row in rows]
-
-    def fail_interrupted_jobs(self, reason: str) -> list[str]:
-        """Jobs left running by a process that died: failed, with the reason, re-runnable."""
-        with self._connect() as db:
-            ids = [row[0] for row in db.execute("SELECT id FROM jobs WHERE state = 'running'")]
-            db.execute(
-                "UPDATE jobs SET state = 'failed', error = ?, finished_at = ? WHERE state = 'running'",
-                (reason, time.time()),
-            )
-        return ids
 
     # versions
     def add_version(self, name: str, project_id: int, path: str, metrics: dict) -> None:

@@ -37,8 +37,13 @@ def prediction_payload(item: TaskPrediction, model_version: str) -> dict:
 
 
 class LabelStudioProject:
-    def __init__(self, url: str, api_key: str, project_id: int, workers: int = 8):
-        self.client = LabelStudio(base_url=url, api_key=api_key)
+    """One project, through label-studio-sdk. Every call (the SDK's and the two raw ones below)
+    is retried by the SDK's HTTP client on connection errors and on 5xx, 408, 409 and 429
+    answers, ``retries`` times with exponential backoff (1 s, 2 s, 4 s, ... plus jitter)."""
+
+    def __init__(self, url: str, api_key: str, project_id: int, workers: int = 8, retries: int = 4, httpx_client=None):
+        self.client = LabelStudio(base_url=url, api_key=api_key, httpx_client=httpx_client)
+        self.client._client_wrapper.httpx_client.base_max_retries = retries  # the SDK takes it per call only
         self.project_id = project_id
         self.workers = workers
 

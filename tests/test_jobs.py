@@ -128,9 +128,9 @@ def test_unknown_jobs_and_probes(make_client):
 
 def test_a_restart_fails_running_jobs_and_keeps_queued_ones(tmp_path):
     store = Store(tmp_path / "state.sqlite3")
-    running = store.create_job(1, {}, "POST /train")
-    store.update_job(running.id, state="running")
-    queued = store.create_job(2, {}, "POST /train")
+    running, _ = store.submit_job(1, {}, "POST /train")
+    store.update_job(running.id, state="running")  # no owner: a build before heartbeats
+    queued, _ = store.submit_job(2, {}, "POST /train")
     ran = []
     runner = JobRunner(store, lambda job, report: ran.append(job.id) or "v")
     assert store.job(running.id).state == "failed" and store.job(running.id).error == INTERRUPTED

@@ -3,6 +3,7 @@ non-finite stop, COCO mAP, atomic model versions and refusing broken ones."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,13 +83,24 @@ def test_versions_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError):
         write_version(tmp_path, "p1-v1", detector, {}, [], {})
 
+    real_save = torch.save
+
+    def disk_full_mid_checkpoint(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])  # the disk filled up half way
+        raise OSError(28, "No space left on device")
+
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(json, "dumps", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        write_version(tmp_path, "p1-v2", detector, {}, [], {})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p1-v1"]  # no half version, no temp dir
+    for target, fault in ((torch, disk_full_mid_checkpoint), (json, disk_full)):
+        with monkeypatch.context() as patch:
+            patch.setattr(target, "save" if target is torch else "dumps", fault)
+            with pytest.raises(OSError, match="No space left"):
+                write_version(tmp_path, "p1-v2", detector, {}, [], {})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["p1-v1"]  # no half version, no temp dir
+    assert read_version(tmp_path / "p1-v1").name == "p1-v1"
 
 
 def test_a_broken_version_is_refused_and_the_active_one_stays(tmp_path, untrained_detector):
@@ -102,6 +114,13 @@ def test_a_broken_version_is_refused_and_the_active_one_stays(tmp_path, untraine
     store.add_version("p1-v2", 1, str(broken.path), {})
     with pytest.raises(VersionError, match="cannot be loaded"):
         models.activate("p1-v2")
+    flipped = write_version(tmp_path / "models", "p1-v3", fresh(), {}, [1], {})
+    weights = bytearray((flipped.path / "model.pt").read_bytes())
+    weights[len(weights) // 2] ^= 0x01  # one bit in the tensor data: still unpickles
+    (flipped.path / "model.pt").write_bytes(bytes(weights))
+    store.add_version("p1-v3", 1, str(flipped.path), {})
+    with pytest.raises(VersionError, match="p1-v3 cannot be loaded: .*corrupted: its SHA-256"):
+        models.activate("p1-v3")
     assert store.active_version(1).name == "p1-v1" and models.for_project(1).version.name == "p1-v1"
     assert models.for_project(2) is untrained_detector
     (good.path / "metrics.json").unlink()
