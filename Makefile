@@ -1,5 +1,6 @@
 # `make run`: set up .venv and serve on HOST:PORT (default 127.0.0.1:9090).
 # `make test`: set up, then run the test suite.
+# `make stress`: fuzz every endpoint against its OpenAPI description, >= 5,000 requests (bench/results/fuzz.json).
 # `make demo`: a real Label Studio and the backend, a digit project, simulated annotation cycles.
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ PORT ?= 9090
 TORCH_HOME ?= $(CURDIR)/data/torch_home
 export HOST PORT TORCH_HOME
 
-.PHONY: setup run test demo clean
+.PHONY: setup run test stress demo clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +39,9 @@ run: setup
 
 test: setup $(VENV)/.dev-installed $(CHROMEDRIVER)
 	$(PY) -m pytest tests
+
+stress: setup $(VENV)/.dev-installed
+	FUZZ_EXAMPLES=300 FUZZ_REPORT=1 $(PY) -m pytest tests/test_openapi.py -k fuzz -s
 
 demo: setup $(VENV)/.dev-installed $(CHROMEDRIVER)
 	$(PY) scripts/demo.py --screenshot data/demo/editor.png

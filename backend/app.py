@@ -7,7 +7,9 @@ built once in ``create_app`` and shared by every request thread.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from .jobs import JobRunner
 from .label_studio_auth import LabelStudioAuth
 from .metrics import Metrics
 from .models import Models, VersionError
+from .openapi import MAX_ID, openapi_document
 from .predictor import Predictor
 from .settings import Settings
 from .store import Store
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 OPEN_ENDPOINTS = {"/health"}
 TRAINING_EVENTS = {"START_TRAINING", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
+# A \ud800-\udfff escape in the raw body: maybe a lone surrogate, which no text encoding (nor SQLite) takes.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class BadRequest(ValueError):
@@ -56,15 +61,27 @@ def parse_project_id(raw: object) -> int | None:
     """Label Studio sends "<project id>.<timestamp>"; the id is the part before the dot."""
     if raw is None or raw == "":
         return None
-    if isinstance(raw, int) and not isinstance(raw, bool):
+    head = raw.split(".", 1)[0] if isinstance(raw, str) else ""
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= MAX_ID:
         return raw
-    if isinstance(raw, str) and raw.split(".", 1)[0].isdigit():
-        return int(raw.split(".", 1)[0])
+    if head.isascii() and head.isdigit() and int(head.lstrip("0")[:20] or "0") <= MAX_ID:
+        return int(head)
     raise BadRequest(f"'project' must look like \"4.1795262362\" or 4, got {raw!r}")
 
 
-def _json_body() -> dict:
+def _request_json() -> object:
+    """The parsed JSON body, or None; a body with lone surrogate escapes is refused."""
     body = request.get_json(silent=True)
+    if body is not None and SURROGATE_ESCAPE.search(request.get_data()):
+        try:
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise BadRequest("the JSON body holds a lone surrogate (e.g. \\ud800), which is not text") from None
+    return body
+
+
+def _json_body() -> dict:
+    body = _request_json()
     if body is None:
         raise BadRequest("the body must be JSON (Content-Type: application/json)")
     if not isinstance(body, dict):
@@ -108,8 +125,11 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         if not settings.basic_auth_user or request.path in OPEN_ENDPOINTS:
             return None
         auth = request.authorization
-        user_ok = hmac.compare_digest((auth.username if auth else "") or "", settings.basic_auth_user)
-        pass_ok = hmac.compare_digest((auth.password if auth else "") or "", settings.basic_auth_pass)
+        user = ((auth.username if auth else "") or "").encode()
+        password = ((auth.password if auth else "") or "").encode()
+        # As bytes: compare_digest refuses str with non-ASCII characters (a 500 for "Basic <b64 of é:x>").
+        user_ok = hmac.compare_digest(user, settings.basic_auth_user.encode())
+        pass_ok = hmac.compare_digest(password, settings.basic_auth_pass.encode())
         if auth is None or not (user_ok and pass_ok):
             return Response(
                 '{"error": "authentication required"}\n',
@@ -177,6 +197,9 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise BadRequest("'tasks' must be a list of tasks")
+        ids = [t.get("id") for t in tasks if isinstance(t, dict)]
+        if any(isinstance(i, int) and not -MAX_ID - 1 <= i <= MAX_ID for i in ids):
+            raise BadRequest("task ids must be integers from -2^63 to 2^63-1")
         config_xml = body.get("label_config")
         if config_xml is None and project_id is not None:
             config_xml = store.project_label_config(project_id)
@@ -206,8 +229,14 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
 
     @app.post("/webhook")
     def webhook():
+        if settings.webhook_secret and not hmac.compare_digest(
+            request.headers.get("X-Webhook-Secret", "").encode(), settings.webhook_secret.encode()
+        ):
+            return jsonify(error="missing or wrong X-Webhook-Secret header (WEBHOOK_SECRET is set)"), 401
         body = _json_body()
         action = body.get("action")
+        if action is not None and not isinstance(action, str):
+            raise BadRequest("'action' must be a string")
         if action not in TRAINING_EVENTS:
             return jsonify(status="Unknown event"), 200
         project = body.get("project")
@@ -241,7 +270,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     @app.route("/job_status", methods=["GET", "POST"])
     def job_status():
         """Label Studio's probe: {"job": id} in the body or ?job=id."""
-        body = request.get_json(silent=True) if request.method == "POST" else None
+        body = _request_json() if request.method == "POST" else None
         job_id = (body or {}).get("job") if isinstance(body, dict) else None
         job_id = job_id or request.args.get("job")
         if not job_id:
@@ -282,12 +311,14 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
 
     @app.get("/export/<int:project_id>.csv")
     def export_csv(project_id: int):
-        cycles = store.cycles(project_id)
+        cycles = store.cycles(project_id) if project_id <= MAX_ID else []
         if not cycles or not cycles[-1].csv_path or not Path(cycles[-1].csv_path).is_file():
             return jsonify(error=f"project {project_id} has no cycle export yet; trigger training first"), 404
         return send_file(
             cycles[-1].csv_path, mimetype="text/csv", as_attachment=True, download_name=f"project_{project_id}.csv"
         )
+
+    app.add_url_rule("/openapi.json", "openapi", lambda: jsonify(openapi_document(settings)))
 
     @app.get("/metrics")
     def prometheus_metrics():

@@ -19,7 +19,7 @@ from al_core.evaluation import evaluate
 from al_core.pool import score_pool
 from al_core.ray_scoring import RayOptions, ray_can_score, score_pool_ray
 from al_core.ray_training import train_detector_ray
-from al_core.scoring import SCORERS, ScoringContext
+from al_core.scoring import AGGREGATIONS, SCORERS, ScoringContext
 from al_core.scoring.uncertainty import UncertaintyScorer
 from al_core.training import TrainConfig, split_held_out, train_detector
 from al_core.types import Detections, LabeledImage
@@ -57,6 +57,8 @@ def check_train_params(params: dict) -> dict:
         raise ValueError("training parameter 'epochs' must be at least 1")
     if params.get("strategy", "entropy") not in SCORERS:
         raise ValueError(f"unknown strategy {params['strategy']!r}; choose one of {sorted(SCORERS)}")
+    if params.get("aggregation", "mean") not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {params['aggregation']!r}; choose one of {list(AGGREGATIONS)}")
     return params
 
 

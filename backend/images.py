@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .settings import Settings
@@ -226,13 +227,15 @@ class ImageLoader:
             raise ImageError(f"{redact_url(url)} is over the size limit of {limit} bytes (MAX_IMAGE_BYTES)")
         chunks, size = [], 0
         try:
-            for chunk in response.iter_content(65536):
+            # read1 returns whatever has arrived, so a server trickling bytes meets the deadline;
+            # iter_content would wait for each whole chunk.
+            while chunk := response.raw.read1(65536, decode_content=True):
                 size += len(chunk)
                 if size > limit:
                     raise ImageError(f"{redact_url(url)} is over the size limit of {limit} bytes (MAX_IMAGE_BYTES)")
                 if time.monotonic() > deadline:
                     raise ImageError(f"downloading {redact_url(url)} took too long")
                 chunks.append(chunk)
-        except requests.RequestException as error:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             raise ImageError(f"cannot download {redact_url(url)}: {type(error).__name__}") from None
         return b"".join(chunks)

@@ -72,21 +72,23 @@ class Predictor:
             if loading and len(inferring) < window:
                 item = loading.popleft().result()
                 loading.extend(self.pool.submit(self._load, i, t, config) for i, t in islice(queued, 1))
+                if item.error is None and (problem := detector.size_problem(*item.image.size)):
+                    item.error = problem
                 if item.error is None:
                     inferring.append((item, self.batcher.submit(detector, item.image)))
                     item.image = None  # the batcher holds it until its batch has run
                     continue
-                self.metrics.errors.labels(kind="task").inc()
-                # A broken task goes last in Label Studio's lowest-score-first order.
-                results[item.index] = {
-                    "model_version": detector.version.name,
-                    "score": 1.0,
-                    "result": [],
-                    "error": item.error,
-                }
+                results[item.index] = self._failed(detector, item.error)
             else:
                 item, future = inferring.popleft()
-                detections, image_score = future.result()
+                try:
+                    detections, image_score = future.result()
+                except Exception as error:  # the model failed on this batch: its tasks fail, not the call
+                    log.error("task %s: the model failed: %s: %s", item.task_id, type(error).__name__, error)
+                    results[item.index] = self._failed(
+                        detector, f"the model failed on this image: {type(error).__name__}"
+                    )
+                    continue
                 self.metrics.images_scored.inc()
                 results[item.index] = self._prediction(detector, config, detections, image_score)
                 if item.task_id is not None:
@@ -97,6 +99,11 @@ class Predictor:
         if scores:
             self.store.save_scores(project_id, scores)
         return results
+
+    def _failed(self, detector: Detector, error: str) -> dict:
+        self.metrics.errors.labels(kind="task").inc()
+        # A broken task goes last in Label Studio's lowest-score-first order.
+        return {"model_version": detector.version.name, "score": 1.0, "result": [], "error": error}
 
     def _run_batch(self, detector: Detector, images: list[Image.Image]) -> list[tuple[Detections, ImageScore]]:
         self.metrics.batch_images.observe(len(images))
@@ -117,7 +124,7 @@ class Predictor:
     def _load(self, index: int, task: object, config: LabelConfig) -> _Loaded:
         if not isinstance(task, dict):
             return _Loaded(index, None, error="a task must be a JSON object")
-        task_id = task.get("id") if isinstance(task.get("id"), int) else None
+        task_id = task["id"] if isinstance(task.get("id"), int) and not isinstance(task["id"], bool) else None
         data = task.get("data")
         if not isinstance(data, dict) or config.image_key not in data:
             error = f'task data has no {config.image_key!r} field (the config\'s <Image value="${config.image_key}">)'

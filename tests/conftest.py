@@ -100,6 +100,18 @@ class ImageServer:
                 if path == "/slow":
                     time.sleep(3)
                     return self._send(200, b"late")
+                if path == "/trickle":  # headers at once, then a byte every half second, for a minute
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000000")
+                    self.end_headers()
+                    for _ in range(120):
+                        time.sleep(0.5)
+                        try:
+                            self.wfile.write(b"\x89")
+                            self.wfile.flush()
+                        except OSError:
+                            return None
+                    return None
                 if path == "/missing":
                     return self._send(404)
                 if path.startswith("/data/upload/"):

@@ -111,6 +111,7 @@ def test_the_real_cycle_explains_a_missing_label_studio(make_client):
         ({"project": 1, "params": {"epochs": "many"}}, "must be a int"),
         ({"project": 1, "params": {"epochs": 0}}, "at least 1"),
         ({"project": 1, "params": {"strategy": "oracle"}}, "unknown strategy"),
+        ({"project": 1, "params": {"aggregation": "median"}}, "unknown aggregation"),
     ],
 )
 def test_bad_training_requests(make_client, body, message):

@@ -133,6 +133,17 @@ class Detector:
     def _keep_resized_sizes(self, module, inputs, output) -> None:
         self._resized_sizes = list(output[0].image_sizes)
 
+    def size_problem(self, width: int, height: int) -> str | None:
+        """Why the model cannot take an image of this size, or None. torchvision scales the
+        shorter side to ``min_size`` unless the longer would pass ``max_size``; a very elongated
+        image's shorter side then shrinks to nothing and the forward pass fails."""
+        transform = self.model.transform
+        short, long = min(width, height), max(width, height)
+        scale = min(transform.min_size[-1] / short, transform.max_size / long)
+        if short * scale < 2:
+            return f"the image is {width}x{height}: too elongated for the model (its shorter side would be under 2 px)"
+        return None
+
     @torch.inference_mode()
     def predict(self, images: Sequence[Image.Image], box_features: bool = False) -> list[Detections]:
         """Detections for RGB images, in the given order, in one forward pass; with
