@@ -18,7 +18,9 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .settings import Settings
@@ -106,6 +108,54 @@ class ImageCache:
             self._total -= size
 
 
+def _non_public(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address when it is not a public one (loopback, private, link-local, ...), else None."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return None if ip.is_global else ip
+
+
+def _guarded_session(trusted: Callable[[str, int], bool]) -> requests.Session:
+    """A session whose every connection is checked once connected, before a byte is sent: the
+    peer must be a public address unless ``trusted(host, port)``. The check before the request
+    resolved the name once; this one sees the address actually reached, so a name that
+    resolves to a public address first and to a private one next (DNS rebinding) is refused."""
+
+    def check(connection: urllib3.connection.HTTPConnection, sock: socket.socket) -> socket.socket:
+        if not trusted(connection.host.lower(), connection.port):
+            peer = _non_public(sock.getpeername()[0])
+            if peer is not None:
+                sock.close()
+                raise ImageError(f"refused: {connection.host} connected to the non-public address {peer}")
+        return sock
+
+    class HTTPConnection(urllib3.connection.HTTPConnection):
+        def _new_conn(self):
+            return check(self, super()._new_conn())
+
+    class HTTPSConnection(urllib3.connection.HTTPSConnection):
+        def _new_conn(self):
+            return check(self, super()._new_conn())
+
+    class HTTPPool(urllib3.HTTPConnectionPool):
+        ConnectionCls = HTTPConnection
+
+    class HTTPSPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = HTTPSConnection
+
+    class Adapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+    session = requests.Session()
+    session.trust_env = False  # an environment proxy would be the peer, hiding the real address
+    session.mount("http://", Adapter())
+    session.mount("https://", Adapter())
+    return session
+
+
 class ImageLoader:
     """Turns a task's image reference into a decoded image, or an ``ImageError``."""
 
@@ -117,6 +167,7 @@ class ImageLoader:
         self.ls_host = _host_port(self.ls_url) if self.ls_url else None
         self.allowed_hosts = {h.strip().lower() for h in settings.fetch_allow_hosts.split(",") if h.strip()}
         self.local_root = Path(settings.local_files_root).resolve() if settings.local_files_root else None
+        self.session = _guarded_session(self._trusted)
 
     def load(self, reference: object) -> Image.Image:
         return decode_image(self.read_bytes(reference), self.settings.max_image_pixels)
@@ -174,21 +225,23 @@ class ImageLoader:
     def _is_label_studio(self, url: str) -> bool:
         return self.ls_host is not None and _host_port(url) == self.ls_host
 
+    def _trusted(self, host: str, port: int) -> bool:
+        """Label Studio's own host and the allow-list may be private addresses."""
+        return (host, port) == self.ls_host or host in self.allowed_hosts or f"{host}:{port}" in self.allowed_hosts
+
     def _check_address(self, url: str) -> None:
         host, port = _host_port(url)
         if not host:
             raise ImageError(f"{redact_url(url)} has no host")
-        if self._is_label_studio(url) or host in self.allowed_hosts or f"{host}:{port}" in self.allowed_hosts:
+        if self._trusted(host, port):
             return
         try:
             infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
         except (socket.gaierror, UnicodeError) as error:
             raise ImageError(f"cannot resolve host {host}: {error}") from None
         for info in infos:
-            address = ipaddress.ip_address(info[4][0].split("%")[0])
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-                address = address.ipv4_mapped
-            if not address.is_global:
+            address = _non_public(info[4][0])
+            if address is not None:
                 raise ImageError(f"refused: {host} resolves to the non-public address {address}")
 
     def _download(self, url: str) -> bytes:
@@ -207,8 +260,12 @@ class ImageLoader:
             self._check_address(current)
             headers = self.label_studio_auth() if self._is_label_studio(current) and self.label_studio_auth else {}
             try:
-                response = requests.get(current, headers=headers, timeout=timeout, stream=True, allow_redirects=False)
+                response = self.session.get(
+                    current, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+                )
             except requests.RequestException as error:
+                if isinstance(error.__context__, ImageError):  # the connection's own check refused it
+                    raise error.__context__ from None
                 raise ImageError(f"cannot download {redact_url(current)}: {type(error).__name__}") from None
             with response:
                 if response.is_redirect:

@@ -1,6 +1,7 @@
 """Image fetching: what is refused (SSRF, traversal, limits, non-images) and what works."""
 
 import io
+import socket
 
 import pytest
 from PIL import Image
@@ -33,6 +34,17 @@ def loader(tmp_path, image_server):
         "http://[fe80::1]/x.png",
         "http://[::ffff:127.0.0.1]/x.png",
         "http://0.0.0.0/x.png",
+        "http://172.31.255.254/x.png",
+        "http://10.255.255.254:8080/x.png",
+        "http://100.64.0.1/x.png",  # carrier-grade NAT
+        "http://[fc00::1]/x.png",  # IPv6 unique local
+        "http://[::]/x.png",
+        "http://2130706433/x.png",  # 127.0.0.1 as one decimal number
+        "http://0x7f000001/x.png",  # ... in hexadecimal
+        "http://0177.0.0.1/x.png",  # ... with an octal first byte
+        "http://127.1/x.png",  # ... shortened
+        "http://LocalHost:9090/x.png",  # a name resolving to loopback, in mixed case
+        "https://127.0.0.1/x.png",
     ],
 )
 def test_private_addresses_are_refused(loader, url):
@@ -165,3 +177,19 @@ def test_redact_url_drops_query_strings():
         redact_url("https://bucket.s3.amazonaws.com/a.png?X-Amz-Signature=abc")
         == "https://bucket.s3.amazonaws.com/a.png?..."
     )
+
+
+def test_dns_rebinding_is_caught_at_the_connection(loader, image_server, monkeypatch):
+    """The name resolves to a public address for the check, then to loopback for the connection."""
+    real = socket.getaddrinfo
+    answers = iter(["93.184.216.34"])
+
+    def rebinding(host, port, *args, **kwargs):
+        if host == "rebind.example":
+            address = next(answers, "127.0.0.1")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with pytest.raises(ImageError, match="refused: rebind.example connected to the non-public address 127.0.0.1"):
+        loader().read_bytes(f"http://rebind.example:{image_server.port}/test/x.png")
