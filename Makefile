@@ -1,6 +1,7 @@
 # `make run`: set up .venv and serve on HOST:PORT (default 127.0.0.1:9090).
 # `make test`: set up, then run the test suite.
-# `make stress`: fuzz every endpoint against its OpenAPI description, >= 5,000 requests (bench/results/fuzz.json).
+# `make stress`: fuzz every endpoint against its OpenAPI description, >= 5,000 requests (bench/results/fuzz.json),
+#   then a 10-minute soak of 20 clients (bench/results/load-600s.json). About 12 minutes.
 # `make demo`: a real Label Studio and the backend, a digit project, simulated annotation cycles.
 PYTHON ?= python3
 VENV := .venv
@@ -42,6 +43,7 @@ test: setup $(VENV)/.dev-installed $(CHROMEDRIVER)
 
 stress: setup $(VENV)/.dev-installed
 	FUZZ_EXAMPLES=300 FUZZ_REPORT=1 $(PY) -m pytest tests/test_openapi.py -k fuzz -s
+	$(PY) bench/load.py --clients 20 --seconds 600
 
 demo: setup $(VENV)/.dev-installed $(CHROMEDRIVER)
 	$(PY) scripts/demo.py --screenshot data/demo/editor.png

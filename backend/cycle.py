@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from al_core.detectors import Detector
 from al_core.detectors.loss_head import attach_loss_head
@@ -116,15 +117,14 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     if not labeled_tasks:
         raise CycleError(f"project {job.project_id} has no annotated tasks yet")
 
+    detector = _starting_model(services, job, config, strategy)
     report(0.03, f"downloading {len(labeled_tasks)} labeled images")
     samples, labeled_ids = [], []
-    for task, path in _fetch_images(services, job, labeled_tasks):
+    for task, path in _fetch_images(services, job, labeled_tasks, detector):
         samples.append(_labeled_image(path, regions_to_boxes(task.annotation["result"], config.from_name), config))
         labeled_ids.append(task.id)
     if not samples:
         raise CycleError("no labeled image could be read; see the backend's log")
-
-    detector = _starting_model(services, job, config, strategy)
     train_config = TrainConfig(
         epochs=params.get("epochs", settings.train_epochs),
         batch_size=settings.train_batch_size,
@@ -176,13 +176,19 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     return name
 
 
-def _fetch_images(services: CycleServices, job: Job, tasks: list[_Task]) -> list[tuple[_Task, Path]]:
-    """(task, local image file) for every task whose image can be read, fetched in parallel;
-    the others are logged and left out."""
+def _fetch_images(
+    services: CycleServices, job: Job, tasks: list[_Task], detector: Detector
+) -> list[tuple[_Task, Path]]:
+    """(task, local image file) for every task whose image can be read and the model can take,
+    fetched in parallel; the others are logged and left out."""
 
     def fetch(task: _Task) -> Path | None:
         try:
-            return services.loader.fetch_to_file(task.image)
+            path = services.loader.fetch_to_file(task.image)
+            with Image.open(path) as image:
+                if problem := detector.size_problem(*image.size):
+                    raise ImageError(problem)
+            return path
         except ImageError as error:
             log.warning("project %s task %s: image left out: %s", job.project_id, task.id, error)
             return None
@@ -221,7 +227,7 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
 
     paths, by_path = [], {}
-    for task, path in _fetch_images(services, job, unlabeled):
+    for task, path in _fetch_images(services, job, unlabeled, detector):
         if str(path) not in by_path:  # two tasks may share an image: score it once
             paths.append(str(path))
         by_path.setdefault(str(path), []).append(task)

@@ -102,6 +102,10 @@ def test_local_paths_only_under_the_root(loader, shapes, tmp_path):
             allowed.read_bytes(bad)
     with pytest.raises(ImageError, match="no such file"):
         allowed.read_bytes("nope.png")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "escape.png").symlink_to(shapes["train"][0].path)  # a link out of the root
+    with pytest.raises(ImageError, match="outside LOCAL_FILES_ROOT"):
+        loader(local_files_root=str(tmp_path / "root")).read_bytes("escape.png")
 
 
 def test_label_studio_urls_need_the_configured_host(loader):

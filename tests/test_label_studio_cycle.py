@@ -326,6 +326,16 @@ def test_a_killed_training_leaves_the_old_version_served(cycle):
     assert restarted.post(f"/versions/p{project}-v1/activate").json()["active"] == f"p{project}-v1"
     assert restarted.get(f"/versions?project={project}").json()["active"] == f"p{project}-v1"
     assert restarted.post("/versions/nope/activate").status_code == 404
+    # The failed job can be run again: the trigger queues a fresh run, which completes.
+    rerun = restarted.post("/train", json={"project": project, "params": {"epochs": 1}}).json()
+    assert rerun["status"] == "queued"
+
+    def finished():
+        job = restarted.get(f"/jobs/{rerun['job_id']}").json()
+        return job if job["state"] in ("done", "failed") else None
+
+    done = wait_for(finished, 300, "the re-run")
+    assert done["state"] == "done" and done["version"] == f"p{project}-v3", done
 
 
 def test_label_studio_exports_read_back(label_studio_server, tmp_path):  # noqa: F811

@@ -1,6 +1,7 @@
 """The backend as `make run` starts it (`python -m backend`), with a trained CPU-preset
 checkpoint: boxes of good tasks land on the known objects, a broken task gets an error."""
 
+import base64
 import os
 import subprocess
 import sys
@@ -14,10 +15,11 @@ from torchvision.ops import box_iou
 from al_core.datasets import SHAPE_CLASSES
 from exporters.label_studio_regions import percent_to_box
 
-from .conftest import ROOT, SHAPES_CONFIG
+from .conftest import LEGACY_TOKEN, ROOT, SHAPES_CONFIG
 from .label_studio_server import free_port
 
 PASSWORD = "pass-9f8e7d6c"
+HOOK_SECRET = "hook-5a4b3c2d1e"
 LABELS = {"Circle": "circle", "Square": "square", "triangle": "triangle"}
 
 
@@ -33,6 +35,9 @@ def served(tmp_path, trained_checkpoint, image_server, shapes):
         "BASIC_AUTH_PASS": PASSWORD,
         "LOCAL_FILES_ROOT": str(shapes["root"]),
         "FETCH_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}",
+        "LABEL_STUDIO_URL": image_server.url,  # serves /data/upload/ files to LEGACY_TOKEN; no API
+        "LABEL_STUDIO_API_KEY": LEGACY_TOKEN,
+        "WEBHOOK_SECRET": HOOK_SECRET,
         "LOG_LEVEL": "DEBUG",
     }
     log_path = tmp_path / "server.log"
@@ -88,3 +93,47 @@ def test_three_tasks_one_broken(served, image_server, shapes):
     ).json() == {"model_version": "shapes-v1"}
     log_text = log_path.read_text()
     assert "broken.png?..." in log_text and PASSWORD not in log_text
+
+
+def test_no_secret_reaches_the_log(served, image_server, shapes):
+    """Every secret the process knows or is sent, after requests that log: wrong credentials, a
+    presigned-looking URL, a Label Studio file, webhooks with and without the secret, and a
+    training job that fails against Label Studio. The log is at DEBUG."""
+    url, log_path = served
+    auth = ("ls", PASSWORD)
+    upload = f"/data/upload/5/{shapes['test'][0].path.split('/')[-1]}"
+    signed = f"{image_server.url}/missing?X-Amz-Signature=sig-77e1f0&X-Amz-Credential=cred-0c9d"
+    tasks = [{"id": 1, "data": {"picture": upload}}, {"id": 2, "data": {"picture": signed}}]
+    requests.post(f"{url}/predict", json={"tasks": tasks}, auth=("ls", "wrong-pass-31337"), timeout=30)
+    answer = requests.post(
+        f"{url}/predict", json={"tasks": tasks, "label_config": SHAPES_CONFIG}, auth=auth, timeout=60
+    )
+    results = answer.json()["results"]
+    assert "error" not in results[0] and "HTTP 404" in results[1]["error"]
+    event = {"action": "START_TRAINING", "project": {"id": 5}}
+    wrong = requests.post(
+        f"{url}/webhook", json=event, auth=auth, headers={"X-Webhook-Secret": "guess-0000"}, timeout=30
+    )
+    assert wrong.status_code == 401
+    job = requests.post(f"{url}/webhook", json=event, auth=auth, headers={"X-Webhook-Secret": HOOK_SECRET}, timeout=30)
+    assert job.status_code == 201
+    for _ in range(100):
+        state = requests.get(f"{url}/jobs/{job.json()['job_id']}", auth=auth, timeout=30).json()
+        if state["state"] == "failed":
+            break
+        time.sleep(0.2)
+    assert state["state"] == "failed" and LEGACY_TOKEN not in state["error"]
+    log_text = log_path.read_text()
+    assert "/missing?..." in log_text and "job" in log_text  # the log did record these events
+    basic = base64.b64encode(f"ls:{PASSWORD}".encode()).decode()
+    for secret in (
+        PASSWORD,
+        LEGACY_TOKEN,
+        HOOK_SECRET,
+        "wrong-pass-31337",
+        "guess-0000",
+        "sig-77e1f0",
+        "cred-0c9d",
+        basic,
+    ):
+        assert secret not in log_text, f"{secret} is in the log"
