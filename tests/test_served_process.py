@@ -101,7 +101,7 @@ def test_no_secret_reaches_the_log(served, image_server, shapes):
     training job that fails against Label Studio. The log is at DEBUG."""
     url, log_path = served
     auth = ("ls", PASSWORD)
-    upload = f"/data/upload/5/{shapes['test'][0].path.split('/')[-1]}"
+    upload = f"/data/upload/5/test/{shapes['test'][0].path.split('/')[-1]}"
     signed = f"{image_server.url}/missing?X-Amz-Signature=sig-77e1f0&X-Amz-Credential=cred-0c9d"
     tasks = [{"id": 1, "data": {"picture": upload}}, {"id": 2, "data": {"picture": signed}}]
     requests.post(f"{url}/predict", json={"tasks": tasks}, auth=("ls", "wrong-pass-31337"), timeout=30)
