@@ -45,7 +45,7 @@ def top_k(
     model_version: str,
     seed: int,
 ) -> Selection:
-    order = ranking(keys, scores)[: (len(keys) if k is None else k)]
+    order = [i for i in ranking(keys, scores) if scores[i].for_people][: (len(keys) if k is None else k)]
     images = tuple(SelectedImage(keys[i], rank + 1, scores[i]) for rank, i in enumerate(order))
     return Selection(images, strategy, rule, model_version, seed)
 

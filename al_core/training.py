@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,8 @@ class TrainConfig:
     loss_weight: float = 1.0
     loss_margin: float = 1.0
     loss_head_detach_after: float = 0.6
+    # Self-labeling (CEAL): the loss of a batch of pseudo-labeled images is scaled by this.
+    pseudo_weight: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,6 +130,16 @@ def _step_loss(detector: Detector, net, images, targets, config: TrainConfig, fr
     return true_losses.mean() + config.loss_weight * ranking
 
 
+def _interleaved(loaders: list[tuple[DataLoader, float]], rng: random.Random) -> Iterator[tuple[tuple, float]]:
+    """Every batch of every loader once, in a seeded random order of loaders, with its loss
+    weight. With one loader this is that loader's own order."""
+    schedule = [index for index, (batches, _) in enumerate(loaders) for _ in range(len(batches))]
+    rng.shuffle(schedule)
+    iterators = [iter(batches) for batches, _ in loaders]
+    for index in schedule:
+        yield next(iterators[index]), loaders[index][1]
+
+
 def plateaued(history: Sequence[dict], window: int, delta: float) -> bool:
     """ASM's stop rule: mean |mAP_t - mAP_(t-1)| over the last ``window`` changes < ``delta``."""
     if len(history) <= window:
@@ -144,8 +156,13 @@ def train_detector(
     on_progress: Progress | None = None,
     show_progress: bool = False,
     state_path: str | Path | None = None,
+    pseudo: Sequence[LabeledImage] = (),
 ) -> TrainResult:
     """Train ``detector.model`` in place and mark it trained.
+
+    ``pseudo``: images labeled by the model itself (CEAL's self-labeling). They go in batches of
+    their own, interleaved with the human batches, and their loss counts ``pseudo_weight``
+    times: torchvision averages a batch's loss over its images, so weights apply per batch.
 
     With ``state_path``, the model, optimizer, scheduler and epoch are saved there after every
     epoch, and a run that finds the file resumes from it.
@@ -161,6 +178,8 @@ def train_detector(
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if distributed and detector.has_loss_head:
         raise ValueError("learning-loss training runs per-image forward passes; train it on one worker")
+    if distributed and pseudo:
+        raise ValueError("pseudo-labeled images train on one worker")
     dataset = DetectionDataset(samples)
     sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed) if distributed else None
     loader = DataLoader(
@@ -172,6 +191,17 @@ def train_detector(
         generator=torch.Generator().manual_seed(config.seed),
         num_workers=config.num_workers,
     )
+    loaders = [(loader, 1.0)]
+    if pseudo:
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        pseudo_loader = DataLoader(
+            DetectionDataset(pseudo),
+            batch_size=config.batch_size,
+            shuffle=True,
+            collate_fn=_collate,
+            generator=generator,
+        )
+        loaders.append((pseudo_loader, config.pseudo_weight))
     net = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if distributed
@@ -181,7 +211,7 @@ def train_detector(
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
-    total = config.epochs * len(loader)
+    total = config.epochs * sum(len(batches) for batches, _ in loaders)
     warmup = min(config.warmup_iters, max(total // 5, 1))
 
     def lr_factor(step: int) -> float:
@@ -208,11 +238,11 @@ def train_detector(
             if sampler is not None:
                 sampler.set_epoch(epoch)
             model.train()
-            for images, targets in loader:
+            for (images, targets), weight in _interleaved(loaders, random.Random(config.seed * 1000 + epoch)):
                 images = [image.to(device) for image in images]
                 targets = [{key: value.to(device) for key, value in t.items()} for t in targets]
                 with torch.autocast(device.type, enabled=use_amp):
-                    loss = _step_loss(detector, net, images, targets, config, step / total)
+                    loss = weight * _step_loss(detector, net, images, targets, config, step / total)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise NonFiniteLoss(

@@ -59,6 +59,8 @@ class ImageScore:
     ``value`` is the scorer's raw number; ``normalized`` maps it to [0, 1] (1 = most
     informative) so that scores of different images and models compare. ``parts`` names the
     numbers the value was made of; ``box_values`` are the per-box values, where there are boxes.
+    ``for_people`` False: the scorer's rule leaves the image to the model (ASM's threshold
+    rule), and selection never hands it to a person, however few images are left.
     """
 
     value: float
@@ -67,6 +69,7 @@ class ImageScore:
     aggregation: str | None = None
     parts: dict[str, float] = field(default_factory=dict)
     box_values: tuple[float, ...] = ()
+    for_people: bool = True
 
 
 @dataclass(frozen=True)
@@ -87,3 +90,30 @@ class LabeledImage:
     path: str
     boxes: torch.Tensor  # (N, 4) float
     labels: torch.Tensor  # (N,) int64
+
+
+@dataclass(frozen=True)
+class Certainty:
+    """Box-level human-machine cooperation (ASM, Wang et al. 2018; CEAL, Wang et al. 2016):
+    a box scoring >= ``certain`` is the model's to label, one in [``uncertain``, ``certain``)
+    needs a person, and lower ones are not shown at all."""
+
+    uncertain: float = 0.3
+    certain: float = 0.7
+
+    def __post_init__(self):
+        if not 0 <= self.uncertain < self.certain <= 1:
+            raise ValueError(
+                f"need 0 <= uncertain < certain <= 1, got uncertain={self.uncertain}, certain={self.certain}"
+            )
+
+    def split(self, scores: torch.Tensor) -> tuple[int, int]:
+        """(certain boxes, uncertain boxes) among these box scores."""
+        certain = int((scores >= self.certain).sum())
+        return certain, int((scores >= self.uncertain).sum()) - certain
+
+    def al_ratio(self, scores: torch.Tensor) -> float:
+        """The share of the shown boxes a person must check; 1 when none is shown (a person
+        must look at the image)."""
+        certain, uncertain = self.split(scores)
+        return uncertain / (certain + uncertain) if certain + uncertain else 1.0

@@ -3,7 +3,8 @@
     <root>/<name>/model.pt            weights, classes, architecture (Detector.save)
     <root>/<name>/train_config.json   the configuration it was trained with
     <root>/<name>/label_map.json      class names, index = label
-    <root>/<name>/labeled.json        ids of the labeled items it was trained on
+    <root>/<name>/labeled.json        ids of the human-labeled items it was trained on
+    <root>/<name>/pseudo_labeled.json ids of the items it trained on with its own labels (CEAL), kept apart
     <root>/<name>/metrics.json        evaluation and training figures
     <root>/<name>/checksums.json      SHA-256 of model.pt, checked whenever the version is read
 
@@ -24,7 +25,15 @@ from pathlib import Path
 
 from .detectors import Detector
 
-FILES = ("model.pt", "train_config.json", "label_map.json", "labeled.json", "metrics.json", "checksums.json")
+FILES = (
+    "model.pt",
+    "train_config.json",
+    "label_map.json",
+    "labeled.json",
+    "pseudo_labeled.json",
+    "metrics.json",
+    "checksums.json",
+)
 
 
 def _sha256(path: Path) -> str:
@@ -43,6 +52,7 @@ class VersionRecord:
     labeled_ids: tuple[int, ...]
     metrics: dict
     train_config: dict
+    pseudo_ids: tuple[int, ...] = ()
 
     @property
     def checkpoint(self) -> Path:
@@ -50,7 +60,7 @@ class VersionRecord:
 
 
 def write_version(
-    root: str | Path, name: str, detector: Detector, train_config: dict, labeled_ids, metrics: dict
+    root: str | Path, name: str, detector: Detector, train_config: dict, labeled_ids, metrics: dict, pseudo_ids=()
 ) -> VersionRecord:
     root = Path(root)
     final = root / name
@@ -64,6 +74,7 @@ def write_version(
             "train_config.json": train_config,
             "label_map.json": list(detector.class_names),
             "labeled.json": sorted(int(i) for i in labeled_ids),
+            "pseudo_labeled.json": sorted(int(i) for i in pseudo_ids),
             "metrics.json": metrics,
             "checksums.json": {"model.pt": _sha256(tmp / "model.pt")},
         }
@@ -93,4 +104,5 @@ def read_version(path: str | Path) -> VersionRecord:
         tuple(load("labeled.json")),
         load("metrics.json"),
         load("train_config.json"),
+        tuple(load("pseudo_labeled.json")),
     )

@@ -19,9 +19,10 @@ from werkzeug.exceptions import HTTPException
 
 from al_core.detectors import Detector
 from al_core.scoring import create_scorer
+from al_core.types import Certainty
 from exporters.label_config import LabelConfigError, parse_label_config
 
-from .cycle import CycleServices, check_train_params, run_cycle
+from .cycle import CycleServices, check_train_params, run_cycle, settings_certainty
 from .images import ImageLoader
 from .jobs import JobRunner
 from .label_studio_auth import LabelStudioAuth
@@ -69,6 +70,28 @@ def parse_project_id(raw: object) -> int | None:
     raise BadRequest(f"'project' must look like \"4.1795262362\" or 4, got {raw!r}")
 
 
+def parse_certainty(extra_params: object, default: Certainty) -> Certainty:
+    """A project's box thresholds from the ML backend's extra params (Label Studio sends them in
+    /setup, as an object or a JSON string): {"uncertain_threshold": 0.3, "certain_threshold": 0.7}."""
+    if isinstance(extra_params, str) and extra_params.strip():
+        try:
+            extra_params = json.loads(extra_params)
+        except ValueError:
+            raise BadRequest("'extra_params' must be a JSON object") from None
+    if not isinstance(extra_params, dict):
+        return default
+    values = {"uncertain": default.uncertain, "certain": default.certain}
+    for key in values:
+        raw = extra_params.get(f"{key}_threshold", values[key])
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise BadRequest(f"extra_params.{key}_threshold must be a number, got {raw!r}")
+        values[key] = float(raw)
+    try:
+        return Certainty(**values)
+    except ValueError as error:
+        raise BadRequest(f"extra_params: {error}") from None
+
+
 def _request_json() -> object:
     """The parsed JSON body, or None; a body with lone surrogate escapes is refused."""
     body = request.get_json(silent=True)
@@ -102,13 +125,13 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         else None
     )
     loader = ImageLoader(settings, ls_auth)
+    default_certainty = settings_certainty(settings)
     predictor = Predictor(
         create_scorer("entropy", aggregation="mean"),
         loader,
         store,
         metrics,
         batch_size=settings.predict_batch_size,
-        score_threshold=settings.prediction_score_threshold,
         fetch_workers=settings.fetch_workers,
         max_wait_s=settings.predict_max_wait_ms / 1000,
     )
@@ -186,8 +209,10 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         if not isinstance(schema, str):
             raise BadRequest("'schema' (the project's labeling config) must be a string")
         parse_label_config(schema)
+        certainty = parse_certainty(body.get("extra_params"), default_certainty)
         if project_id is not None:
             store.save_project(project_id, schema)
+            store.save_certainty(project_id, certainty)
         return jsonify(model_version=models.for_project(project_id).version.name)
 
     @app.post("/predict")
@@ -206,7 +231,8 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         if not isinstance(config_xml, str):
             raise BadRequest("no 'label_config' in the request and none stored for this project by /setup")
         config = parse_label_config(config_xml)
-        return jsonify(results=predictor.predict(tasks, config, project_id, models.for_project(project_id)))
+        certainty = (store.project_certainty(project_id) if project_id is not None else None) or default_certainty
+        return jsonify(results=predictor.predict(tasks, config, project_id, models.for_project(project_id), certainty))
 
     def start_training(project_id: int, params: dict, trigger: str):
         job, coalesced = jobs.submit(project_id, check_train_params(params), trigger)

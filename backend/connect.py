@@ -39,7 +39,7 @@ def connect(
     password: str = "",
     title: str = "Active-learning detector",
     train_on_annotation_update: bool = False,
-    priority_in_task_data: bool = False,
+    fields_in_task_data: bool = False,
     webhook_secret: str = "",
 ) -> Connection:
     ls = LabelStudio(base_url=label_studio_url, api_key=api_key)
@@ -77,7 +77,7 @@ def connect(
     model_version = ls.projects.get(id=project_id).model_version
     if train_on_annotation_update:
         ls.projects.update(id=project_id, start_training_on_annotation_update=True)
-    return Connection(ml.id, webhook.id, model_version, project.ensure_priority_view(priority_in_task_data))
+    return Connection(ml.id, webhook.id, model_version, project.ensure_priority_view(fields_in_task_data))
 
 
 def main(argv: list[str]) -> int:
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
         args.password,
         args.title,
         args.train_on_annotation_update,
-        settings.write_task_priority,
+        settings.write_task_data,
         settings.webhook_secret,
     )
     print(

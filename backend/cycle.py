@@ -14,16 +14,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from al_core.cooperation import pseudo_labels
 from al_core.detectors import Detector
 from al_core.detectors.loss_head import attach_loss_head
 from al_core.evaluation import evaluate
+from al_core.images import load_rgb
 from al_core.pool import score_pool
 from al_core.ray_scoring import RayOptions, ray_can_score, score_pool_ray
 from al_core.ray_training import train_detector_ray
 from al_core.scoring import AGGREGATIONS, SCORERS, ScoringContext
 from al_core.scoring.uncertainty import UncertaintyScorer
 from al_core.training import TrainConfig, split_held_out, train_detector
-from al_core.types import Detections, LabeledImage
+from al_core.types import Certainty, Detections, LabeledImage
 from al_core.versions import write_version
 from exporters.coco import write_coco
 from exporters.csv_export import write_cycle_csv, write_history
@@ -44,6 +46,10 @@ TRAIN_PARAMS = {"from_scratch": bool, "epochs": int, "strategy": str, "aggregati
 
 class CycleError(RuntimeError):
     """The cycle cannot run as configured; the message says what to change."""
+
+
+def settings_certainty(settings: Settings) -> Certainty:
+    return Certainty(settings.prediction_score_threshold, settings.certain_score_threshold)
 
 
 def check_train_params(params: dict) -> dict:
@@ -125,15 +131,18 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
         labeled_ids.append(task.id)
     if not samples:
         raise CycleError("no labeled image could be read; see the backend's log")
+    unlabeled = [t for t in tasks if t.annotation is None]
+    pseudo, pseudo_ids = _self_labels(services, job, detector, unlabeled, report)
     train_config = TrainConfig(
         epochs=params.get("epochs", settings.train_epochs),
         batch_size=settings.train_batch_size,
         lr=settings.train_lr,
+        pseudo_weight=settings.self_labeling_weight,
     )
     train, held_out = split_held_out(samples, settings.train_held_out_fraction, seed=train_config.seed)
     work = settings.data_path / "jobs"
     work.mkdir(parents=True, exist_ok=True)
-    if settings.executor == "ray" and settings.train_workers > 1 and not detector.has_loss_head:
+    if settings.executor == "ray" and settings.train_workers > 1 and not detector.has_loss_head and not pseudo:
         report(0.05, f"training on Ray: {settings.train_workers} DDP workers")
         log.info("project %s: training on Ray with %d DDP workers", job.project_id, settings.train_workers)
         result = train_detector_ray(
@@ -148,13 +157,14 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
             held_out,
             on_progress=lambda fraction, stage: report(0.05 + 0.6 * fraction, stage),
             state_path=work / f"{job.id}.state",
+            pseudo=pseudo,
         )
     metrics = dict(result.metrics)
     if not held_out:
         report(0.66, "evaluating (on the training images: too few to hold any out)")
         metrics = {**evaluate(detector, train), "evaluated_on": "training images"}
     metrics.update(epochs=result.epochs, stopped_early=result.stopped_early, seconds=round(result.seconds, 1))
-    metrics.update(labeled=len(samples), held_out=len(held_out))
+    metrics.update(labeled=len(samples), held_out=len(held_out), pseudo_labeled=len(pseudo))
 
     report(0.7, "saving the new model version")
     root = settings.data_path / "models" / f"project-{job.project_id}"
@@ -162,18 +172,41 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     while (root / f"p{job.project_id}-v{number}").exists():  # left by a run that died after writing it
         number += 1
     name = f"p{job.project_id}-v{number}"
-    record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics)
+    record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics, pseudo_ids)
     store.add_version(name, job.project_id, str(record.path), metrics)
     services.models.activate(name)  # served only now: finished and evaluated
     (work / f"{job.id}.state").unlink(missing_ok=True)
 
-    unlabeled = [t for t in tasks if t.annotation is None]
     items = _score_and_push(services, job, project, config, detector, unlabeled, samples, strategy, name, report)
 
     report(0.95, "writing exports")
     cycle = len(store.cycles(job.project_id)) + 1
     _export(services, job.project_id, cycle, name, detector.class_names, samples, items, metrics, strategy)
     return name
+
+
+def _self_labels(
+    services: CycleServices, job: Job, detector: Detector, unlabeled: list[_Task], report: Report
+) -> tuple[list[LabeledImage], list[int]]:
+    """CEAL's self-labeling (opt-in): the unlabeled images whose shown boxes are all certain
+    under the starting model, at most SELF_LABELING_MAX_IMAGES, labeled with those boxes. Chosen
+    afresh every run (a pseudo-label is never frozen); kept apart from the human labels."""
+    settings = services.settings
+    if not settings.self_labeling_max_images or not detector.version.trained or not unlabeled:
+        return [], []
+    report(0.04, f"self-labeling: predicting {len(unlabeled)} unlabeled images")
+    certainty = services.store.project_certainty(job.project_id) or settings_certainty(settings)
+    fetched = _fetch_images(services, job, unlabeled, detector)
+    detections: dict[str, Detections] = {}
+    paths = sorted({str(path) for _, path in fetched})
+    for start in range(0, len(paths), settings.predict_batch_size):
+        chunk = paths[start : start + settings.predict_batch_size]
+        detections.update(zip(chunk, detector.predict([load_rgb(p) for p in chunk]), strict=True))
+    pseudo = pseudo_labels(detections, certainty, settings.self_labeling_max_images)
+    chosen = {image.path for image in pseudo}
+    ids = sorted(task.id for task, path in fetched if str(path) in chosen)
+    log.info("project %s: %d self-labeled images join the training", job.project_id, len(pseudo))
+    return pseudo, ids
 
 
 def _fetch_images(
@@ -224,6 +257,7 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
 
 def _score_and_push(services, job, project, config, detector, unlabeled, samples, strategy, version, report):
     settings = services.settings
+    certainty = services.store.project_certainty(job.project_id) or settings_certainty(settings)
     report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
 
     paths, by_path = [], {}
@@ -235,8 +269,8 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     kept: dict[str, Detections] = {}
 
     def keep(path: str, det: Detections) -> None:
-        regions[path] = detections_to_regions(det, detector.class_names, config, settings.prediction_score_threshold)
-        kept[path] = det.above(settings.prediction_score_threshold)
+        regions[path] = detections_to_regions(det, detector.class_names, config, certainty)
+        kept[path] = det.above(certainty.uncertain)
 
     params = {"aggregation": job.params.get("aggregation", settings.al_aggregation)} if _aggregates(strategy) else {}
     context = ScoringContext(labeled=samples, budget=settings.al_budget)
@@ -251,7 +285,9 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     items, scores = [], []
     for path, score in zip(scored.keys, scored.scores, strict=True):
         for task in by_path[path]:
-            items.append((task, path, score, TaskPrediction(task.id, regions[path], score.normalized)))
+            det = kept[path]
+            cooperation = (certainty.al_ratio(det.scores), certainty.split(det.scores)[1])
+            items.append((task, path, score, TaskPrediction(task.id, regions[path], score.normalized, *cooperation)))
             scores.append(TaskScore(task.id, version, score.scorer, score.value, score.normalized))
     services.store.save_scores(job.project_id, scores)
 
@@ -268,9 +304,9 @@ def push(services: CycleServices, project: LabelStudioProject, predictions, task
     settings = services.settings
     try:
         project.push_predictions(predictions, version)
-        if settings.write_task_priority:
-            project.write_priorities(predictions, task_data)
-        services.store.save_view(project.project_id, project.ensure_priority_view(settings.write_task_priority))
+        if settings.write_task_data:
+            project.write_task_data(predictions, task_data)
+        services.store.save_view(project.project_id, project.ensure_priority_view(settings.write_task_data))
         project.set_model_version(version, settings.set_uncertainty_sampling)
     except Exception as error:
         try:
@@ -304,7 +340,8 @@ def _export(services, project_id, cycle, version, class_names, samples, items, m
     folder = services.exports / f"project-{project_id}"
     rows = [{"image": task.image, "score": score.normalized, "task_id": task.id} for task, _, score, _ in items]
     csv_path = write_cycle_csv(rows, folder / f"cycle_{cycle}.csv")
-    selected = sorted(items, key=lambda item: (-item[2].normalized, item[0].id))[: services.settings.al_budget]
+    ranked = sorted(items, key=lambda item: (-item[2].normalized, item[0].id))
+    selected = [item for item in ranked if item[2].for_people][: services.settings.al_budget]
     write_coco(
         [LabeledImage(path, det.boxes, det.labels) for _, path, _, det in selected],
         class_names,

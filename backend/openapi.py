@@ -95,6 +95,11 @@ SCHEMAS = {
             "result": {"type": "array", "items": {"type": "object"}, "description": "Rectangle regions."},
             "informativeness": NUMBER,
             "scorer": STRING,
+            "al_ratio": {
+                **NUMBER,
+                "description": "Share of the shown boxes a person must check (1 when none is shown).",
+            },
+            "uncertain_boxes": {"type": "integer", "description": "Boxes between the two thresholds."},
             "error": {**STRING, "description": "Why this task has no prediction (its image could not be read)."},
         },
         ("model_version", "score", "result"),
@@ -203,6 +208,13 @@ def _paths(settings: Settings | None) -> dict:
                             "schema": {**STRING, "description": "The project's labeling config (XML)."},
                             "hostname": STRING,
                             "access_token": STRING,
+                            "extra_params": {
+                                "description": (
+                                    "The ML backend's extra params (an object or a JSON string): the project's box "
+                                    'thresholds, {"uncertain_threshold": 0.3, "certain_threshold": 0.7}.'
+                                ),
+                                "nullable": True,
+                            },
                         },
                         ("schema",),
                     )

@@ -14,7 +14,7 @@ from PIL import Image
 
 from al_core.detectors import Detector
 from al_core.scoring import PoolImage, Scorer, ScoringContext
-from al_core.types import Detections, ImageScore
+from al_core.types import Certainty, Detections, ImageScore
 from exporters.label_config import LabelConfig
 from exporters.label_studio_regions import detections_to_regions
 
@@ -45,7 +45,6 @@ class Predictor:
         store: Store,
         metrics: Metrics,
         batch_size: int,
-        score_threshold: float,
         fetch_workers: int,
         max_wait_s: float = 0.01,
     ):
@@ -54,11 +53,12 @@ class Predictor:
         self.store = store
         self.metrics = metrics
         self.batch_size = batch_size
-        self.score_threshold = score_threshold
         self.pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="fetch")
         self.batcher = Batcher(self._run_batch, batch_size, max_wait_s)
 
-    def predict(self, tasks: list, config: LabelConfig, project_id: int | None, detector: Detector) -> list[dict]:
+    def predict(
+        self, tasks: list, config: LabelConfig, project_id: int | None, detector: Detector, certainty: Certainty
+    ) -> list[dict]:
         """One Label Studio prediction per task, in task order. Images are fetched in the pool
         and handed to the batcher as they arrive, so the model never waits on I/O; at most
         ``2 x batch_size`` images are fetched ahead and as many wait for the model."""
@@ -90,7 +90,7 @@ class Predictor:
                     )
                     continue
                 self.metrics.images_scored.inc()
-                results[item.index] = self._prediction(detector, config, detections, image_score)
+                results[item.index] = prediction(detector, config, detections, image_score, certainty)
                 if item.task_id is not None:
                     version = detector.version.name
                     scores.append(
@@ -111,16 +111,6 @@ class Predictor:
         batch = [PoolImage(str(i), image, det) for i, (image, det) in enumerate(zip(images, detections, strict=True))]
         return list(zip(detections, self.scorer.score_batch(batch, ScoringContext(detector=detector)), strict=True))
 
-    def _prediction(self, detector: Detector, config: LabelConfig, detections: Detections, score: ImageScore) -> dict:
-        return {
-            "model_version": detector.version.name,
-            # Label Studio's Uncertainty sampling serves the LOWEST score first.
-            "score": round(1.0 - score.normalized, 6),
-            "result": detections_to_regions(detections, detector.class_names, config, self.score_threshold),
-            "informativeness": score.value,
-            "scorer": score.scorer,
-        }
-
     def _load(self, index: int, task: object, config: LabelConfig) -> _Loaded:
         if not isinstance(task, dict):
             return _Loaded(index, None, error="a task must be a JSON object")
@@ -138,3 +128,21 @@ class Predictor:
         except Exception:  # a bug must cost one task, not the whole call
             log.exception("task %s: unexpected error reading its image", task_id)
             return _Loaded(index, task_id, error="internal error reading the image (see the backend's log)")
+
+
+def prediction(
+    detector: Detector, config: LabelConfig, detections: Detections, score: ImageScore, certainty: Certainty
+) -> dict:
+    """One task's Label Studio prediction: its regions, uncertain first, and the share of its
+    boxes a person must check (``al_ratio``) with the number of uncertain boxes."""
+    _, uncertain = certainty.split(detections.scores)
+    return {
+        "model_version": detector.version.name,
+        # Label Studio's Uncertainty sampling serves the LOWEST score first.
+        "score": round(1.0 - score.normalized, 6),
+        "result": detections_to_regions(detections, detector.class_names, config, certainty),
+        "informativeness": score.value,
+        "scorer": score.scorer,
+        "al_ratio": round(certainty.al_ratio(detections.scores), 6),
+        "uncertain_boxes": uncertain,
+    }

@@ -60,7 +60,11 @@ class Settings:
         default=10.0, metadata=_doc("How long the first image of a batch waits for others (dynamic batching).")
     )
     prediction_score_threshold: float = field(
-        default=0.3, metadata=_doc("Boxes below this score are not sent as pre-annotations.")
+        default=0.3,
+        metadata=_doc("Boxes below this score are not shown; from it up to CERTAIN_SCORE_THRESHOLD, uncertain."),
+    )
+    certain_score_threshold: float = field(
+        default=0.7, metadata=_doc("Boxes from this score up are certain: the model's to label (ASM, CEAL).")
     )
     fetch_workers: int = field(default=8, metadata=_doc("Threads downloading and decoding images in parallel."))
     fetch_timeout: float = field(
@@ -104,6 +108,13 @@ class Settings:
     train_held_out_fraction: float = field(
         default=0.2, metadata=_doc("Share of labeled images held out to measure mAP (none under 5 images).")
     )
+    self_labeling_max_images: int = field(
+        default=0,
+        metadata=_doc("CEAL self-labeling: unlabeled images whose boxes are all certain trained on per run; 0 = off."),
+    )
+    self_labeling_weight: float = field(
+        default=0.5, metadata=_doc("Loss weight of the self-labeled (pseudo-labeled) batches.")
+    )
     al_strategy: str = field(
         default="entropy", metadata=_doc("Scorer that ranks unlabeled tasks after each run (see the strategies table).")
     )
@@ -114,10 +125,10 @@ class Settings:
     set_uncertainty_sampling: bool = field(
         default=True, metadata=_doc("After each run, set the project's sampling to Uncertainty sampling.")
     )
-    write_task_priority: bool = field(
+    write_task_data: bool = field(
         default=False,
         metadata=_doc(
-            "Also write each task's data.priority (one PATCH per task, slow); off: predictions carry it, in bulk."
+            "Also write data.priority, data.al_ratio, data.uncertain_boxes per task (a PATCH each, slow); off: bulk."
         ),
     )
     executor: str = field(

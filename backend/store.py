@@ -13,11 +13,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from al_core.types import Certainty
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
     project_id INTEGER PRIMARY KEY,
     label_config TEXT,
     view_id INTEGER,
+    certainty TEXT,
     new_annotations INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL
 );
@@ -131,10 +134,13 @@ class Store:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            for column, kind in (("owner", "TEXT"), ("heartbeat_at", "REAL")):  # state written by older builds
-                if column not in columns:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            for table, column, kind in (  # state written by older builds
+                ("jobs", "owner", "TEXT"),
+                ("jobs", "heartbeat_at", "REAL"),
+                ("projects", "certainty", "TEXT"),
+            ):
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -161,6 +167,19 @@ class Store:
                 "DO UPDATE SET label_config = excluded.label_config, updated_at = excluded.updated_at",
                 (project_id, label_config, time.time()),
             )
+
+    def save_certainty(self, project_id: int, certainty: Certainty) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO projects (project_id, certainty, updated_at) VALUES (?, ?, ?) ON CONFLICT(project_id) "
+                "DO UPDATE SET certainty = excluded.certainty, updated_at = excluded.updated_at",
+                (project_id, json.dumps(asdict(certainty)), time.time()),
+            )
+
+    def project_certainty(self, project_id: int) -> Certainty | None:
+        with self._connect() as db:
+            row = db.execute("SELECT certainty FROM projects WHERE project_id = ?", (project_id,)).fetchone()
+        return Certainty(**json.loads(row[0])) if row and row[0] else None
 
     def project_label_config(self, project_id: int) -> str | None:
         with self._connect() as db:

@@ -1,6 +1,6 @@
 """Pushing a cycle's results for N tasks into a real Label Studio, as the cycle does it:
 predictions in bulk (they carry the priority), the sorted view and the model version, then the
-older version's predictions removed; and, apart, the WRITE_TASK_PRIORITY option's per-task
+older version's predictions removed; and, apart, the WRITE_TASK_DATA option's per-task
 PATCH of data.priority on a sample of the tasks.
 
     python bench/push_priorities.py [--tasks 5000] [--boxes 3]
@@ -27,7 +27,7 @@ import label_studio  # noqa: E402
 
 from exporters.label_studio_api import LabelStudioProject, TaskPrediction  # noqa: E402
 
-PATCHES = "WRITE_TASK_PRIORITY: data.priority (a PATCH per task)"
+PATCHES = "WRITE_TASK_DATA: data.priority (a PATCH per task)"
 CONFIG = """<View><Image name="image" value="$image"/><RectangleLabels name="boxes" toName="image">
 <Label value="car"/><Label value="person"/></RectangleLabels></View>"""
 
@@ -88,7 +88,7 @@ def main() -> None:
             }
             default = sum(seconds.values())
             effective = default - seconds["older version's predictions removed"]
-            seconds[PATCHES] = timed(lambda: project.write_priorities(items[: args.patched], tasks))
+            seconds[PATCHES] = timed(lambda: project.write_task_data(items[: args.patched], tasks))
             first = next(iter(project.client.tasks.list(project=created.id, fields="all", page_size=1)))
             assert [p.model_version for p in first.predictions] == ["bench-v2"], "the push did not land"
         finally:

@@ -15,15 +15,19 @@ log = logging.getLogger(__name__)
 
 PRIORITY_VIEW_TITLE = "Most informative first"
 PRIORITY_KEY = "priority"
+TASK_DATA_NUMBERS = (PRIORITY_KEY, "al_ratio", "uncertain_boxes")  # written by write_task_data
 
 
 @dataclass(frozen=True)
 class TaskPrediction:
-    """One task's share of a cycle: its regions and informativeness in [0, 1]."""
+    """One task's share of a cycle: its regions, informativeness in [0, 1], the share of its
+    shown boxes a person must check and how many boxes that is (ASM's AL ratio)."""
 
     task_id: int
     regions: list[dict]
     informativeness: float
+    al_ratio: float = 1.0
+    uncertain_boxes: int = 0
 
 
 def prediction_payload(item: TaskPrediction, model_version: str) -> dict:
@@ -62,14 +66,20 @@ class LabelStudioProject:
         for start in range(0, len(payloads), chunk):
             self.client.projects.import_predictions(id=self.project_id, request=payloads[start : start + chunk])
 
-    def write_priorities(self, items: Sequence[TaskPrediction], task_data: dict[int, dict]) -> None:
-        """``data.priority`` = informativeness on each task, so a view can sort by it. Label Studio
-        has no bulk update of task data: one PATCH per task, in parallel; about 12 tasks/s on
-        its own SQLite server (BENCHMARKS.md), so this is an option, not the default."""
+    def write_task_data(self, items: Sequence[TaskPrediction], task_data: dict[int, dict]) -> None:
+        """Each task's ``data.priority`` (informativeness), ``data.al_ratio`` (the share of its boxes
+        a person must check) and ``data.uncertain_boxes``, so Data Manager views can sort and
+        filter by them. Label Studio has no bulk update of task data: one PATCH per task, in
+        parallel; about 12 tasks/s on its own SQLite server (BENCHMARKS.md), so this is an
+        option, not the default."""
 
         def patch(item: TaskPrediction) -> None:
-            data = {**task_data[item.task_id], PRIORITY_KEY: round(item.informativeness, 6)}
-            self.client.tasks.update(id=str(item.task_id), data=data)
+            fields = {
+                PRIORITY_KEY: round(item.informativeness, 6),
+                "al_ratio": round(item.al_ratio, 6),
+                "uncertain_boxes": item.uncertain_boxes,
+            }
+            self.client.tasks.update(id=str(item.task_id), data={**task_data[item.task_id], **fields})
 
         with ThreadPoolExecutor(self.workers) as pool:
             list(pool.map(patch, items))
@@ -84,7 +94,7 @@ class LabelStudioProject:
             "title": PRIORITY_VIEW_TITLE,
             "ordering": ordering,
             # PostgreSQL sorts JSON fields as text unless the column is declared a number.
-            "columnsDisplayType": {f"tasks:data.{PRIORITY_KEY}": "Number"},
+            "columnsDisplayType": {f"tasks:data.{key}": "Number" for key in TASK_DATA_NUMBERS},
             # Labeled tasks keep the score they had when chosen; the to-do list leaves them out.
             "filters": {
                 "conjunction": "and",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from al_core.types import Detections
+from al_core.types import Certainty, Detections
 
 from .label_config import LabelConfig
 
@@ -30,15 +30,23 @@ def percent_to_box(value: dict, width: int, height: int) -> tuple[float, float, 
 
 
 def detections_to_regions(
-    detections: Detections, class_names: Sequence[str], config: LabelConfig, threshold: float
+    detections: Detections, class_names: Sequence[str], config: LabelConfig, certainty: Certainty
 ) -> list[dict]:
-    """RectangleLabels results for boxes scoring >= threshold whose class the config has."""
+    """RectangleLabels results for the boxes a person sees: those scoring >= ``certainty.uncertain``
+    whose class the config has. Box-level cooperation (ASM, CEAL): the uncertain boxes come
+    first, least sure first, then the certain ones, surest first; each region keeps its score and
+    says which it is in its ``meta`` (Label Studio shows ``meta.text`` with the region)."""
     width, height = detections.image_size
-    regions = []
+    shown = []
     for box, label, score in zip(detections.boxes.tolist(), detections.labels.tolist(), detections.scores.tolist()):
         value = config.label_for(class_names[label])
-        if score < threshold or value is None:
-            continue
+        if score >= certainty.uncertain and value is not None:
+            shown.append((score >= certainty.certain, score, box, value))
+    # uncertain before certain; uncertain ascending, certain descending by score
+    shown.sort(key=lambda item: (item[0], item[1] if not item[0] else -item[1]))
+    regions = []
+    for certain, score, box, value in shown:
+        note = f"model is sure ({score:.2f})" if certain else f"check this box: the model is unsure ({score:.2f})"
         regions.append(
             {
                 "id": f"r{len(regions)}",
@@ -50,6 +58,7 @@ def detections_to_regions(
                 "image_rotation": 0,
                 "value": {**box_to_percent(box, width, height), "rotation": 0, "rectanglelabels": [value]},
                 "score": round(score, 4),
+                "meta": {"text": [note], "certainty": "certain" if certain else "uncertain"},
             }
         )
     return regions

@@ -21,6 +21,7 @@ from label_studio_sdk import LabelStudio
 from prometheus_client.parser import text_string_to_metric_families
 
 from al_core.datasets import generate_shapes, read_dataset
+from al_core.versions import read_version
 from backend.store import Store
 from exporters.label_studio_api import LabelStudioProject
 from exporters.label_studio_regions import box_to_percent, percent_to_box
@@ -197,7 +198,7 @@ def test_label_studio_serves_the_most_informative_task_first(cycle, label_studio
     }
     for task in unlabeled:  # the new version's predictions replaced the old ones, and carry the score
         assert [p.model_version for p in task.predictions] == [version]
-        assert "priority" not in task.data  # no per-task PATCH by default (WRITE_TASK_PRIORITY)
+        assert "priority" not in task.data  # no per-task PATCH by default (WRITE_TASK_DATA)
         assert task.predictions[0].score == pytest.approx(1 - stored[task.id].normalized, abs=1e-5)
     score = {t.id: t.predictions[0].score for t in unlabeled}
     lowest = min(score.values())
@@ -336,6 +337,70 @@ def test_a_killed_training_leaves_the_old_version_served(cycle):
 
     done = wait_for(finished, 300, "the re-run")
     assert done["state"] == "done" and done["version"] == f"p{project}-v3", done
+
+
+def test_uncertain_boxes_come_first_and_al_ratio_sorts_the_data_manager(cycle, label_studio_server):  # noqa: F811
+    """Box-level cooperation in a real Label Studio: the project's thresholds arrive through
+    /setup's extra_params; after a cycle with WRITE_TASK_DATA each unlabeled task's prediction
+    lists its uncertain boxes first, marked, and the task's data holds al_ratio and
+    uncertain_boxes, by which a Data Manager view sorts and filters. Self-labeling is on: its
+    pseudo-labels stay out of the human labels of the version and of the exports."""
+    ls, project = cycle["ls"], cycle["project"]
+    cycle["backend"].stop()
+    env = {**cycle["backend"].env, "WRITE_TASK_DATA": "true", "SELF_LABELING_MAX_IMAGES": "10"}
+    backend = start_backend(env, cycle["backend"].log)
+    cycle["backend"] = backend
+    extra = {"uncertain_threshold": 0.3, "certain_threshold": 0.8}
+    assert backend.post("/setup", json={"project": f"{project}.1", "schema": CONFIG, "extra_params": extra}).ok
+    job = backend.post("/train", json={"project": project, "params": {"epochs": 1}}).json()
+
+    def finished():
+        state = backend.get(f"/jobs/{job['job_id']}").json()
+        return state if state["state"] in ("done", "failed") else None
+
+    done = wait_for(finished, 300, "the cycle")
+    assert done["state"] == "done", done
+    unlabeled = [t for t in ls.tasks.list(project=project, fields="all") if not t.annotations]
+    mixed = 0
+    for task in unlabeled:
+        (prediction,) = [p for p in task.predictions if p.model_version == done["version"]]
+        marks = [r["meta"]["certainty"] for r in prediction.result]
+        assert marks == sorted(marks, key=lambda mark: mark != "uncertain")  # uncertain first
+        assert all(0.3 <= r["score"] < 0.8 for r in prediction.result if r["meta"]["certainty"] == "uncertain")
+        assert all(r["score"] >= 0.8 for r in prediction.result if r["meta"]["certainty"] == "certain")
+        uncertain = marks.count("uncertain")
+        assert task.data["uncertain_boxes"] == uncertain
+        assert task.data["al_ratio"] == pytest.approx(uncertain / len(marks) if marks else 1.0, abs=1e-6)
+        mixed += 0 < uncertain < len(marks)
+    view = ls.views.create(
+        project=project,
+        data={
+            "title": "Boxes to check",
+            "ordering": ["-tasks:data.al_ratio"],
+            "columnsDisplayType": {"tasks:data.al_ratio": "Number", "tasks:data.uncertain_boxes": "Number"},
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {"filter": "filter:tasks:data.uncertain_boxes", "operator": "greater", "type": "Number", "value": 0}
+                ],
+            },
+        },
+    )
+    listed = [t.id for t in ls.tasks.list(project=project, view=view.id)]
+    ratio = {t.id: t.data["al_ratio"] for t in unlabeled}
+    expected = [t.id for t in unlabeled if t.data["uncertain_boxes"] > 0]
+    print(f"{len(unlabeled)} unlabeled tasks, {len(expected)} with boxes to check, {mixed} with both kinds")
+    assert expected and sorted(listed) == sorted(expected)
+    assert [ratio[i] for i in listed] == sorted((ratio[i] for i in expected), reverse=True)
+    # Self-labeled images: recorded apart, never as human labels.
+    version = read_version(Store(Path(env["DATA_DIR"]) / "state.sqlite3").version(done["version"]).path)
+    annotated = {t.id for t in ls.tasks.list(project=project, fields="all") if t.annotations}
+    assert set(version.labeled_ids) == annotated and len(annotated) == LABELED
+    assert set(version.pseudo_ids) <= {t.id for t in unlabeled}
+    assert version.metrics["labeled"] == LABELED and version.metrics["pseudo_labeled"] == len(version.pseudo_ids)
+    history = pd.read_csv(Path(env["DATA_DIR"]) / "exports" / f"project-{project}" / "history.csv")
+    assert history["labeled"].iloc[-1] == LABELED
+    print(f"self-labeled images in {done['version']}: {len(version.pseudo_ids)}")
 
 
 def test_label_studio_exports_read_back(label_studio_server, tmp_path):  # noqa: F811

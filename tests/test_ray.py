@@ -120,7 +120,7 @@ def test_a_backend_with_executor_ray_runs_its_cycle_on_the_cluster(
         "RAY_ADDRESS": ray_cluster.address,
         "TRAIN_WORKERS": "2",
         "RAY_REPLICAS": "2",
-        "WRITE_TASK_PRIORITY": "true",  # the per-task option, tested here
+        "WRITE_TASK_DATA": "true",  # the per-task option, tested here
     }
     backend = start_backend(env, tmp_path / "backend.log")
     try:

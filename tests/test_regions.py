@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from al_core.types import Detections
+from al_core.types import Certainty, Detections
 from exporters.label_config import parse_label_config
 from exporters.label_studio_regions import box_to_percent, detections_to_regions, percent_to_box
 
@@ -28,7 +28,7 @@ def test_regions_keep_known_classes_above_threshold_in_label_studio_shape():
         scores=torch.tensor([0.9, 0.1, 0.8]),
         image_size=(200, 100),
     )
-    regions = detections_to_regions(detections, ("circle", "square", "hexagon"), config, threshold=0.3)
+    regions = detections_to_regions(detections, ("circle", "square", "hexagon"), config, Certainty(0.3, 0.7))
     assert len(regions) == 1  # square is under the threshold, hexagon is not in the config
     region = regions[0]
     assert region["from_name"] == "boxes" and region["to_name"] == "img" and region["type"] == "rectanglelabels"
