@@ -26,19 +26,14 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT), str(ROOT / "scripts")]
 
 from backend_process import BackendProcess, start_backend  # noqa: E402
 from label_studio import free_port  # noqa: E402
+from predict_throughput import CONFIG  # noqa: E402
 
-from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
+from al_core.datasets import generate_shapes  # noqa: E402
 
-LABELS = "".join(f'<Label value="{c}"/>' for c in SHAPE_CLASSES)
-CONFIG = (
-    f'<View><Image name="image" value="$image"/><RectangleLabels name="b" toName="image">{LABELS}'
-    "</RectangleLabels></View>"
-)
 AUTH = ("load", "load-password-1")
 # Share of requests per endpoint: mostly what annotators cause, plus dashboards and probes.
 MIX = [("predict", 0.55), ("health", 0.15), ("metrics", 0.15), ("jobs", 0.15)]
