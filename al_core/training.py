@@ -138,6 +138,9 @@ def _interleaved(loaders: list[tuple[DataLoader, float]], rng: random.Random) ->
     iterators = [iter(batches) for batches, _ in loaders]
     for index in schedule:
         yield next(iterators[index]), loaders[index][1]
+    for iterator in iterators:  # run each to its end: the sampler draws from its generator there too
+        for _ in iterator:
+            raise RuntimeError("a loader yielded more batches than its length")
 
 
 def plateaued(history: Sequence[dict], window: int, delta: float) -> bool:

@@ -149,3 +149,26 @@ def test_torchrun_trains_the_same_loop_on_two_processes(shapes, tmp_path):
     assert "trained 4 steps" in done.stdout
     detector = Detector.load(tmp_path / "ddp.pt")
     assert detector.version.trained and detector.class_names == SHAPE_CLASSES
+
+
+def test_batches_of_pseudo_labels_interleave_without_changing_the_human_order():
+    """One loader: exactly the loader's own batches, epoch after epoch (its sampler's generator
+    advances as in a plain loop). Two: every batch once, each with its loss weight."""
+    import random
+
+    from torch.utils.data import DataLoader
+
+    from al_core.training import _interleaved
+
+    def loader(data, seed):
+        return DataLoader(data, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+    plain, mixed = loader(list(range(10)), 0), loader(list(range(10)), 0)
+    for epoch in range(3):
+        assert [b.tolist() for b in plain] == [
+            b.tolist() for b, _ in _interleaved([(mixed, 1.0)], random.Random(epoch))
+        ]
+    humans, pseudo = loader(list(range(10)), 1), loader(list(range(100, 105)), 2)
+    seen = list(_interleaved([(humans, 1.0), (pseudo, 0.5)], random.Random(0)))
+    assert sorted(x for b, _ in seen for x in b.tolist()) == [*range(10), *range(100, 105)]
+    assert all((w == 0.5) == (b.min().item() >= 100) for b, w in seen)
