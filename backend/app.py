@@ -62,10 +62,11 @@ def parse_project_id(raw: object) -> int | None:
     """Label Studio sends "<project id>.<timestamp>"; the id is the part before the dot."""
     if raw is None or raw == "":
         return None
-    head = raw.split(".", 1)[0] if isinstance(raw, str) else ""
     if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= MAX_ID:
         return raw
-    if head.isascii() and head.isdigit() and int(head.lstrip("0")[:20] or "0") <= MAX_ID:
+    head = raw.split(".", 1)[0] if isinstance(raw, str) else ""
+    # ASCII digits only, and no more than MAX_ID has (int() of a huge string is slow, then refused)
+    if head.isascii() and head.isdigit() and len(head.lstrip("0")) <= len(str(MAX_ID)) and int(head) <= MAX_ID:
         return int(head)
     raise BadRequest(f"'project' must look like \"4.1795262362\" or 4, got {raw!r}")
 
@@ -211,8 +212,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         parse_label_config(schema)
         certainty = parse_certainty(body.get("extra_params"), default_certainty)
         if project_id is not None:
-            store.save_project(project_id, schema)
-            store.save_certainty(project_id, certainty)
+            store.save_project(project_id, schema, certainty)
         return jsonify(model_version=models.for_project(project_id).version.name)
 
     @app.post("/predict")
@@ -225,13 +225,14 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         ids = [t.get("id") for t in tasks if isinstance(t, dict)]
         if any(isinstance(i, int) and not -MAX_ID - 1 <= i <= MAX_ID for i in ids):
             raise BadRequest("task ids must be integers from -2^63 to 2^63-1")
+        stored_config, certainty = store.project(project_id) if project_id is not None else (None, None)
         config_xml = body.get("label_config")
-        if config_xml is None and project_id is not None:
-            config_xml = store.project_label_config(project_id)
+        if config_xml is None:
+            config_xml = stored_config
         if not isinstance(config_xml, str):
             raise BadRequest("no 'label_config' in the request and none stored for this project by /setup")
         config = parse_label_config(config_xml)
-        certainty = (store.project_certainty(project_id) if project_id is not None else None) or default_certainty
+        certainty = certainty or default_certainty
         return jsonify(results=predictor.predict(tasks, config, project_id, models.for_project(project_id), certainty))
 
     def start_training(project_id: int, params: dict, trigger: str):
@@ -344,7 +345,8 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
             cycles[-1].csv_path, mimetype="text/csv", as_attachment=True, download_name=f"project_{project_id}.csv"
         )
 
-    app.add_url_rule("/openapi.json", "openapi", lambda: jsonify(openapi_document(settings)))
+    document = openapi_document(settings)  # built once: it depends only on the settings
+    app.add_url_rule("/openapi.json", "openapi", lambda: jsonify(document))
 
     @app.get("/metrics")
     def prometheus_metrics():

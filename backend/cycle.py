@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from al_core.cooperation import pseudo_labels
 from al_core.detectors import Detector
@@ -132,7 +131,8 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     if not samples:
         raise CycleError("no labeled image could be read; see the backend's log")
     unlabeled = [t for t in tasks if t.annotation is None]
-    pseudo, pseudo_ids = _self_labels(services, job, detector, unlabeled, report)
+    certainty = store.project(job.project_id)[1] or settings_certainty(settings)
+    pseudo, pseudo_ids = _self_labels(services, job, detector, unlabeled, certainty, report)
     train_config = TrainConfig(
         epochs=params.get("epochs", settings.train_epochs),
         batch_size=settings.train_batch_size,
@@ -177,7 +177,9 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     services.models.activate(name)  # served only now: finished and evaluated
     (work / f"{job.id}.state").unlink(missing_ok=True)
 
-    items = _score_and_push(services, job, project, config, detector, unlabeled, samples, strategy, name, report)
+    items = _score_and_push(
+        services, job, project, config, detector, unlabeled, samples, strategy, name, certainty, report
+    )
 
     report(0.95, "writing exports")
     cycle = len(store.cycles(job.project_id)) + 1
@@ -186,7 +188,7 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
 
 
 def _self_labels(
-    services: CycleServices, job: Job, detector: Detector, unlabeled: list[_Task], report: Report
+    services: CycleServices, job: Job, detector: Detector, unlabeled: list[_Task], certainty: Certainty, report: Report
 ) -> tuple[list[LabeledImage], list[int]]:
     """CEAL's self-labeling (opt-in): the unlabeled images whose shown boxes are all certain
     under the starting model, at most SELF_LABELING_MAX_IMAGES, labeled with those boxes. Chosen
@@ -195,7 +197,6 @@ def _self_labels(
     if not settings.self_labeling_max_images or not detector.version.trained or not unlabeled:
         return [], []
     report(0.04, f"self-labeling: predicting {len(unlabeled)} unlabeled images")
-    certainty = services.store.project_certainty(job.project_id) or settings_certainty(settings)
     fetched = _fetch_images(services, job, unlabeled, detector)
     detections: dict[str, Detections] = {}
     paths = sorted({str(path) for _, path in fetched})
@@ -217,10 +218,9 @@ def _fetch_images(
 
     def fetch(task: _Task) -> Path | None:
         try:
-            path = services.loader.fetch_to_file(task.image)
-            with Image.open(path) as image:
-                if problem := detector.size_problem(*image.size):
-                    raise ImageError(problem)
+            path, size = services.loader.fetch_to_file(task.image)
+            if problem := detector.size_problem(*size):
+                raise ImageError(problem)
             return path
         except ImageError as error:
             log.warning("project %s task %s: image left out: %s", job.project_id, task.id, error)
@@ -255,9 +255,8 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
     )
 
 
-def _score_and_push(services, job, project, config, detector, unlabeled, samples, strategy, version, report):
+def _score_and_push(services, job, project, config, detector, unlabeled, samples, strategy, version, certainty, report):
     settings = services.settings
-    certainty = services.store.project_certainty(job.project_id) or settings_certainty(settings)
     report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
 
     paths, by_path = [], {}

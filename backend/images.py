@@ -172,21 +172,22 @@ class ImageLoader:
     def load(self, reference: object) -> Image.Image:
         return decode_image(self.read_bytes(reference), self.settings.max_image_pixels)
 
-    def fetch_to_file(self, reference: object) -> Path:
-        """A local file holding the image (the cache for downloads), checked to decode."""
+    def fetch_to_file(self, reference: object) -> tuple[Path, tuple[int, int]]:
+        """(a local file holding the image (the cache for downloads), its displayed size),
+        checked to decode."""
         data = self.read_bytes(reference)
-        decode_image(data, self.settings.max_image_pixels)
+        size = decode_image(data, self.settings.max_image_pixels).size
         if (
             isinstance(reference, str)
             and urlsplit(reference.strip()).scheme == ""
             and not reference.startswith("/data/")
         ):
-            return self._local_path(reference.strip())
+            return self._local_path(reference.strip()), size
         url = self.ls_url + reference.strip() if reference.strip().startswith("/data/") else reference.strip()
         path = self.cache.path(url)
         if not path.exists():  # evicted, or larger than the whole cache: keep it anyway
             self.cache.put(url, data, force=True)
-        return path
+        return path, size
 
     def read_bytes(self, reference: object) -> bytes:
         if not isinstance(reference, str) or not reference.strip():

@@ -60,7 +60,7 @@ class JobRunner:
         different process now; elsewhere, its heartbeat is older than the lease."""
         if owner == self.owner:
             return False
-        host, pid, _token = (owner or "::").split(":", 2) if (owner or "").count(":") >= 2 else ("", "", "")
+        host, pid, *_ = (owner or "").split(":") + ["", ""]  # host:pid:token
         if host == self.host and pid.isdigit():
             return int(pid) == os.getpid() or not _pid_alive(int(pid))
         return heartbeat_at is None or time.time() - heartbeat_at > self.lease_s

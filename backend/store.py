@@ -160,31 +160,26 @@ class Store:
             db.close()
 
     # projects
-    def save_project(self, project_id: int, label_config: str) -> None:
+    def save_project(self, project_id: int, label_config: str, certainty: Certainty | None = None) -> None:
+        """The project's labeling config and, when given, its box thresholds (kept otherwise)."""
+        thresholds = json.dumps(asdict(certainty)) if certainty else None
         with self._connect() as db:
             db.execute(
-                "INSERT INTO projects (project_id, label_config, updated_at) VALUES (?, ?, ?) ON CONFLICT(project_id) "
-                "DO UPDATE SET label_config = excluded.label_config, updated_at = excluded.updated_at",
-                (project_id, label_config, time.time()),
+                "INSERT INTO projects (project_id, label_config, certainty, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(project_id) DO UPDATE SET label_config = excluded.label_config, "
+                "certainty = COALESCE(excluded.certainty, projects.certainty), updated_at = excluded.updated_at",
+                (project_id, label_config, thresholds, time.time()),
             )
 
-    def save_certainty(self, project_id: int, certainty: Certainty) -> None:
+    def project(self, project_id: int) -> tuple[str | None, Certainty | None]:
+        """(labeling config, box thresholds) as /setup or a cycle stored them; None where not."""
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO projects (project_id, certainty, updated_at) VALUES (?, ?, ?) ON CONFLICT(project_id) "
-                "DO UPDATE SET certainty = excluded.certainty, updated_at = excluded.updated_at",
-                (project_id, json.dumps(asdict(certainty)), time.time()),
-            )
-
-    def project_certainty(self, project_id: int) -> Certainty | None:
-        with self._connect() as db:
-            row = db.execute("SELECT certainty FROM projects WHERE project_id = ?", (project_id,)).fetchone()
-        return Certainty(**json.loads(row[0])) if row and row[0] else None
-
-    def project_label_config(self, project_id: int) -> str | None:
-        with self._connect() as db:
-            row = db.execute("SELECT label_config FROM projects WHERE project_id = ?", (project_id,)).fetchone()
-        return row[0] if row else None
+            row = db.execute(
+                "SELECT label_config, certainty FROM projects WHERE project_id = ?", (project_id,)
+            ).fetchone()
+        if row is None:
+            return None, None
+        return row[0], Certainty(**json.loads(row[1])) if row[1] else None
 
     def count_annotation_event(self, project_id: int) -> int:
         """One more annotation change since the last training run started; returns the count."""

@@ -4,6 +4,7 @@ import io
 import socket
 
 import pytest
+import requests
 from PIL import Image
 
 from backend.images import ImageCache, ImageError, ImageLoader, decode_image, redact_url
@@ -184,16 +185,24 @@ def test_redact_url_drops_query_strings():
 
 
 def test_dns_rebinding_is_caught_at_the_connection(loader, image_server, monkeypatch):
-    """The name resolves to a public address for the check, then to loopback for the connection."""
+    """The name resolves to a public address for the check, then to loopback for the connection.
+    The control: a plain session, without the connection check, does reach the loopback server."""
     real = socket.getaddrinfo
-    answers = iter(["93.184.216.34"])
+    answers: list[str] = []
 
     def rebinding(host, port, *args, **kwargs):
         if host == "rebind.example":
-            address = next(answers, "127.0.0.1")
+            address = answers.pop(0) if answers else "127.0.0.1"
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    url = f"http://rebind.example:{image_server.port}/missing"
+    guarded = loader()
+    answers.append("93.184.216.34")
     with pytest.raises(ImageError, match="refused: rebind.example connected to the non-public address 127.0.0.1"):
-        loader().read_bytes(f"http://rebind.example:{image_server.port}/test/x.png")
+        guarded.read_bytes(url)
+    guarded.session = requests.Session()
+    answers.append("93.184.216.34")
+    with pytest.raises(ImageError, match="answered HTTP 404"):  # reached the loopback server
+        guarded.read_bytes(url)
