@@ -15,7 +15,7 @@ from .types import LabeledImage
 
 
 def evaluate(detector: Detector, samples: Sequence[LabeledImage], batch_size: int = 8) -> dict[str, float]:
-    """{"map": AP@[.5:.95], "map50": AP@.5} over ``samples`` (all of the detector's boxes)."""
+    """{"map": AP@[.5:.95], "map50": AP@.5, "map75": AP@.75} over ``samples`` (all of the detector's boxes)."""
     images, annotations, results = [], [], []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
@@ -35,16 +35,17 @@ def evaluate(detector: Detector, samples: Sequence[LabeledImage], batch_size: in
                      "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
                 )  # fmt: skip
     if not annotations:
-        return {"map": 0.0, "map50": 0.0}
+        return {"map": 0.0, "map50": 0.0, "map75": 0.0}
     truth = COCO()
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(detector.class_names)]
     truth.dataset = {"images": images, "annotations": annotations, "categories": categories}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         truth.createIndex()
         if not results:
-            return {"map": 0.0, "map50": 0.0}
+            return {"map": 0.0, "map50": 0.0, "map75": 0.0}
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    return {"map": max(float(evaluation.stats[0]), 0.0), "map50": max(float(evaluation.stats[1]), 0.0)}
+    stats = [max(float(value), 0.0) for value in evaluation.stats[:3]]  # pycocotools: -1 when undefined
+    return {"map": stats[0], "map50": stats[1], "map75": stats[2]}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,14 +15,17 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from .detectors import Detector
+from .detectors.box_losses import training_losses
 from .detectors.detector import to_tensor
 from .detectors.loss_head import pair_ranking_loss
 from .device import flush_denormals
 from .evaluation import evaluate
 from .images import load_rgb
+from .tensorboard_log import log_evaluation, log_step
 from .types import LabeledImage
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
@@ -53,6 +56,10 @@ class TrainConfig:
     loss_head_detach_after: float = 0.6
     # Self-labeling (CEAL): the loss of a batch of pseudo-labeled images is scaled by this.
     pseudo_weight: float = 0.5
+    # Box regression of dense heads (al_core.detectors.box_losses): "default" (the head's own),
+    # giou, diou, ciou or eiou; and HUALE's emphasis gamma (0 = off).
+    box_loss: str = "default"
+    emphasis: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,16 +100,28 @@ def _collate(batch):
 
 
 def split_held_out(
-    samples: Sequence[LabeledImage], fraction: float, seed: int, minimum: int = 5
+    samples: Sequence[LabeledImage], fraction: float, seed: int, minimum: int = 5, recent: Collection[str] = ()
 ) -> tuple[list[LabeledImage], list[LabeledImage]]:
-    """(train, held-out): a seeded ``fraction`` held out, none when fewer than ``minimum`` images."""
+    """(train, held-out): ``fraction`` of the images held out (none when fewer than ``minimum``),
+    refreshed from the newest labels so that mAP follows what people are labeling now.
+
+    ``recent``: paths of the images labeled since the previous model version. The held-out
+    split takes a seeded random half of them at most (the other half, at least, trains this
+    model) and fills up with a seeded draw from the older images. The split is drawn anew every
+    run from the labels of that run. Without ``recent`` it is a seeded draw from all.
+    """
     samples = list(samples)
     if len(samples) < minimum or fraction <= 0:
         return samples, []
-    order = list(range(len(samples)))
-    random.Random(seed).shuffle(order)
-    cut = max(1, round(fraction * len(samples)))
-    return [samples[i] for i in order[cut:]], [samples[i] for i in order[:cut]]
+    count = max(1, round(fraction * len(samples)))
+    rng = random.Random(seed)
+    new = [i for i, sample in enumerate(samples) if sample.path in recent]
+    old = [i for i, sample in enumerate(samples) if sample.path not in recent]
+    rng.shuffle(new)
+    rng.shuffle(old)
+    from_old = min(count - min(count, len(new) // 2), len(old))
+    held = set(new[: count - from_old]) | set(old[:from_old])  # more new ones when the older run short
+    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
 
 
 def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
@@ -120,14 +139,20 @@ def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor,
     return torch.stack(losses), maps
 
 
-def _step_loss(detector: Detector, net, images, targets, config: TrainConfig, fraction_done: float) -> torch.Tensor:
+def _step_loss(
+    detector: Detector, net, images, targets, config: TrainConfig, fraction_done: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss to minimise, its parts for the training log)."""
     if not detector.has_loss_head:
-        return sum(net(images, targets).values())
+        parts = net(images, targets)
+        return sum(parts.values()), {name: float(value.detach()) for name, value in parts.items()}
     true_losses, maps = per_image_losses(detector, images, targets)
     detach = fraction_done >= config.loss_head_detach_after
     predicted = torch.cat([detector.model.loss_head([m.detach() if detach else m for m in ms]) for ms in maps])
     ranking = pair_ranking_loss(predicted, true_losses, config.loss_margin)
-    return true_losses.mean() + config.loss_weight * ranking
+    detection = true_losses.mean()
+    parts = {"detection": float(detection.detach()), "ranking": float(ranking.detach())}
+    return detection + config.loss_weight * ranking, parts
 
 
 def _interleaved(loaders: list[tuple[DataLoader, float]], rng: random.Random) -> Iterator[tuple[tuple, float]]:
@@ -143,12 +168,18 @@ def _interleaved(loaders: list[tuple[DataLoader, float]], rng: random.Random) ->
             raise RuntimeError("a loader yielded more batches than its length")
 
 
-def plateaued(history: Sequence[dict], window: int, delta: float) -> bool:
-    """ASM's stop rule: mean |mAP_t - mAP_(t-1)| over the last ``window`` changes < ``delta``."""
+def ap_shift(history: Sequence[dict], window: int) -> float | None:
+    """ASM's AP shift: mean |mAP_t - mAP_(t-1)| over the last ``window`` changes (None before)."""
     if len(history) <= window:
-        return False
+        return None
     maps = [h["map"] for h in history[-(window + 1) :]]
-    return sum(abs(b - a) for a, b in zip(maps, maps[1:])) / window < delta
+    return sum(abs(b - a) for a, b in zip(maps, maps[1:])) / window
+
+
+def plateaued(history: Sequence[dict], window: int, delta: float) -> bool:
+    """ASM's stop rule: the AP shift is below ``delta``."""
+    shift = ap_shift(history, window)
+    return shift is not None and shift < delta
 
 
 def train_detector(
@@ -160,6 +191,7 @@ def train_detector(
     show_progress: bool = False,
     state_path: str | Path | None = None,
     pseudo: Sequence[LabeledImage] = (),
+    log_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train ``detector.model`` in place and mark it trained.
 
@@ -169,6 +201,9 @@ def train_detector(
 
     With ``state_path``, the model, optimizer, scheduler and epoch are saved there after every
     epoch, and a run that finds the file resumes from it.
+
+    With ``log_dir``, a TensorBoard log is written there: per step the loss, its parts and the
+    learning rate; per evaluation AP, AP50, AP75 and the AP shift that early stopping watches.
     """
     if not samples:
         raise ValueError("no labeled images to train on")
@@ -236,45 +271,56 @@ def train_detector(
     report = on_progress or (lambda fraction, stage: None)
     start, loss_value, stopped_early, epoch = time.perf_counter(), float("nan"), False, first_epoch - 1
     bar = tqdm(total=total, initial=step, desc="train", disable=not (show_progress and chief))
-    try:
-        for epoch in range(first_epoch, config.epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            model.train()
-            for (images, targets), weight in _interleaved(loaders, random.Random(config.seed * 1000 + epoch)):
-                images = [image.to(device) for image in images]
-                targets = [{key: value.to(device) for key, value in t.items()} for t in targets]
-                with torch.autocast(device.type, enabled=use_amp):
-                    loss = weight * _step_loss(detector, net, images, targets, config, step / total)
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLoss(
-                        f"loss is {loss_value} at step {step} (epoch {epoch}); try a lower learning rate"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}")
-                report(step / total, f"training: epoch {epoch + 1}/{config.epochs}, loss {loss_value:.3f}")
+    board = SummaryWriter(str(log_dir)) if log_dir is not None and chief else None
+    with training_losses(model, config.box_loss, config.emphasis):
+        try:
+            for epoch in range(first_epoch, config.epochs):
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                model.train()
+                for (images, targets), weight in _interleaved(loaders, random.Random(config.seed * 1000 + epoch)):
+                    images = [image.to(device) for image in images]
+                    targets = [{key: value.to(device) for key, value in t.items()} for t in targets]
+                    with torch.autocast(device.type, enabled=use_amp):
+                        loss, parts = _step_loss(detector, net, images, targets, config, step / total)
+                        loss = weight * loss
+                    loss_value = float(loss.detach())
+                    if not math.isfinite(loss_value):
+                        raise NonFiniteLoss(
+                            f"loss is {loss_value} at step {step} (epoch {epoch}); try a lower learning rate"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if board is not None:
+                        log_step(board, step, loss_value, parts, scheduler.get_last_lr()[0], weight)
+                    scheduler.step()
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.3f}")
+                    report(step / total, f"training: epoch {epoch + 1}/{config.epochs}, loss {loss_value:.3f}")
+                model.eval()
+                if held_out and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+                    report(step / total, f"evaluating after epoch {epoch + 1}")
+                    metrics = evaluate(detector, held_out)
+                    history.append({"epoch": epoch + 1, **metrics})
+                    if board is not None:
+                        log_evaluation(board, epoch + 1, metrics, ap_shift(history, config.early_stop_window))
+                    if best is None or metrics["map"] > best["metrics"]["map"]:
+                        best = {"metrics": metrics, "epoch": epoch + 1, "weights": _cpu_copy(model.state_dict())}
+                if state_path is not None and chief:
+                    _save_state(state_path, model, optimizer, scheduler, epoch, step, history, best)
+                if epoch + 1 >= config.min_epochs and plateaued(
+                    history, config.early_stop_window, config.early_stop_delta
+                ):
+                    stopped_early = True
+                    break
+        finally:
+            bar.close()
             model.eval()
-            if held_out and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-                report(step / total, f"evaluating after epoch {epoch + 1}")
-                metrics = evaluate(detector, held_out)
-                history.append({"epoch": epoch + 1, **metrics})
-                if best is None or metrics["map"] > best["metrics"]["map"]:
-                    best = {"metrics": metrics, "epoch": epoch + 1, "weights": _cpu_copy(model.state_dict())}
-            if state_path is not None and chief:
-                _save_state(state_path, model, optimizer, scheduler, epoch, step, history, best)
-            if epoch + 1 >= config.min_epochs and plateaued(history, config.early_stop_window, config.early_stop_delta):
-                stopped_early = True
-                break
-    finally:
-        bar.close()
-        model.eval()
+            if board is not None:
+                board.close()
     if best is not None:
         model.load_state_dict(best["weights"])
     detector.mark_trained()

@@ -7,6 +7,7 @@
     <root>/<name>/pseudo_labeled.json ids of the items it trained on with its own labels (CEAL), kept apart
     <root>/<name>/metrics.json        evaluation and training figures
     <root>/<name>/checksums.json      SHA-256 of model.pt, checked whenever the version is read
+    <root>/<name>/tensorboard/        the training run's TensorBoard log, when one was written
 
 Everything is written into a hidden temporary directory that is renamed into place at the end,
 so a crash leaves either no version or a complete one.
@@ -60,7 +61,14 @@ class VersionRecord:
 
 
 def write_version(
-    root: str | Path, name: str, detector: Detector, train_config: dict, labeled_ids, metrics: dict, pseudo_ids=()
+    root: str | Path,
+    name: str,
+    detector: Detector,
+    train_config: dict,
+    labeled_ids,
+    metrics: dict,
+    pseudo_ids=(),
+    logs: str | Path | None = None,
 ) -> VersionRecord:
     root = Path(root)
     final = root / name
@@ -80,6 +88,8 @@ def write_version(
         }
         for file, content in documents.items():
             (tmp / file).write_text(json.dumps(content, indent=2))
+        if logs is not None and Path(logs).is_dir():
+            shutil.copytree(logs, tmp / "tensorboard")
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,7 @@ the cycle's exports (CSV for annotate.online, the selection as COCO, the cycle h
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from al_core.ray_scoring import RayOptions, ray_can_score, score_pool_ray
 from al_core.ray_training import train_detector_ray
 from al_core.scoring import AGGREGATIONS, SCORERS, ScoringContext
 from al_core.scoring.uncertainty import UncertaintyScorer
+from al_core.tensorboard_log import log_pool
 from al_core.training import TrainConfig, split_held_out, train_detector
 from al_core.types import Certainty, Detections, LabeledImage
-from al_core.versions import write_version
+from al_core.versions import read_version, write_version
 from exporters.coco import write_coco
 from exporters.csv_export import write_cycle_csv, write_history
 from exporters.label_config import LabelConfig, parse_label_config
@@ -138,10 +140,16 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
         batch_size=settings.train_batch_size,
         lr=settings.train_lr,
         pseudo_weight=settings.self_labeling_weight,
+        box_loss=settings.train_box_loss,
+        emphasis=settings.train_emphasis,
     )
-    train, held_out = split_held_out(samples, settings.train_held_out_fraction, seed=train_config.seed)
+    active = store.active_version(job.project_id)
+    before = set(read_version(active.path).labeled_ids) if active else set()
+    recent = {s.path for s, task_id in zip(samples, labeled_ids, strict=True) if task_id not in before}
+    train, held_out = split_held_out(samples, settings.train_held_out_fraction, train_config.seed, recent=recent)
     work = settings.data_path / "jobs"
     work.mkdir(parents=True, exist_ok=True)
+    board = work / f"{job.id}.tensorboard"
     if settings.executor == "ray" and settings.train_workers > 1 and not detector.has_loss_head and not pseudo:
         report(0.05, f"training on Ray: {settings.train_workers} DDP workers")
         log.info("project %s: training on Ray with %d DDP workers", job.project_id, settings.train_workers)
@@ -158,6 +166,7 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
             on_progress=lambda fraction, stage: report(0.05 + 0.6 * fraction, stage),
             state_path=work / f"{job.id}.state",
             pseudo=pseudo,
+            log_dir=board,
         )
     metrics = dict(result.metrics)
     if not held_out:
@@ -172,14 +181,16 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     while (root / f"p{job.project_id}-v{number}").exists():  # left by a run that died after writing it
         number += 1
     name = f"p{job.project_id}-v{number}"
-    record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics, pseudo_ids)
+    record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics, pseudo_ids, board)
     store.add_version(name, job.project_id, str(record.path), metrics)
     services.models.activate(name)  # served only now: finished and evaluated
     (work / f"{job.id}.state").unlink(missing_ok=True)
+    shutil.rmtree(board, ignore_errors=True)
 
     items = _score_and_push(
         services, job, project, config, detector, unlabeled, samples, strategy, name, certainty, report
     )
+    log_pool(record.path / "tensorboard", [det for *_, det in items], certainty, len(samples))
 
     report(0.95, "writing exports")
     cycle = len(store.cycles(job.project_id)) + 1

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from al_core.detectors.box_losses import BOX_LOSSES
+
 
 def _doc(text: str) -> dict:
     return {"doc": text}
@@ -106,7 +108,19 @@ class Settings:
     train_batch_size: int = field(default=4, metadata=_doc("Images per training step."))
     train_lr: float = field(default=0.001, metadata=_doc("AdamW learning rate."))
     train_held_out_fraction: float = field(
-        default=0.2, metadata=_doc("Share of labeled images held out to measure mAP (none under 5 images).")
+        default=0.2,
+        metadata=_doc(
+            "Share of labeled images held out to measure mAP (none under 5 images), refreshed from the newest labels."
+        ),
+    )
+    train_box_loss: str = field(
+        default="default",
+        metadata=_doc(
+            "Box-regression loss of dense heads: `default` (the head's own), `giou`, `diou`, `ciou`, `eiou`."
+        ),
+    )
+    train_emphasis: float = field(
+        default=0.0, metadata=_doc("HUALE's emphasis gamma on poorly localised boxes (dense heads); 0 = off.")
     )
     self_labeling_max_images: int = field(
         default=0,
@@ -170,6 +184,11 @@ class Settings:
         settings = cls(**{f.name: _convert(f, values[f.name]) for f in dataclasses.fields(cls) if f.name in values})
         if settings.executor not in ("local", "ray"):
             raise ValueError(f"setting EXECUTOR must be local or ray, got {settings.executor!r}")
+        if settings.train_box_loss not in BOX_LOSSES or settings.train_emphasis < 0:
+            raise ValueError(
+                f"setting TRAIN_BOX_LOSS must be one of {list(BOX_LOSSES)} and TRAIN_EMPHASIS >= 0, "
+                f"got {settings.train_box_loss!r} and {settings.train_emphasis!r}"
+            )
         return settings
 
 

@@ -39,6 +39,22 @@ def fresh():
     return Detector.create("cpu_preset", SHAPE_CLASSES)
 
 
+def test_held_out_split_is_refreshed_from_the_newest_labels(shapes):
+    samples = shapes["train"][:20]  # 20 x 0.2 = 4 held out
+    paths = lambda images: {s.path for s in images}  # noqa: E731
+    newest = paths(samples[14:])  # 6 labeled since the previous version
+    train, held = split_held_out(samples, 0.2, seed=1, recent=newest)
+    assert len(held) == 4 and len(paths(held) & newest) == 3  # half the newest at most, the rest older
+    assert not paths(held) & paths(train) and len(train) == 16
+    assert split_held_out(samples, 0.2, seed=1, recent=newest) == (train, held)  # seeded
+    first_run = split_held_out(samples, 0.2, seed=1, recent=paths(samples))  # everything is new
+    assert len(first_run[1]) == 4
+    one_new = split_held_out(samples, 0.2, seed=1, recent=paths(samples[:1]))
+    assert not paths(one_new[1]) & paths(samples[:1])  # a lone new image trains the model
+    # Without recent labels it is the plain seeded draw it always was.
+    assert split_held_out(samples, 0.2, seed=1, recent=set()) == split_held_out(samples, 0.2, seed=1)
+
+
 def test_early_stop_keeps_the_best_weights(shapes):
     detector = fresh()
     config = TrainConfig(epochs=6, min_epochs=2, early_stop_window=1, early_stop_delta=1.0, warmup_iters=5)
