@@ -188,7 +188,7 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     shutil.rmtree(board, ignore_errors=True)
 
     items = _score_and_push(
-        services, job, project, config, detector, unlabeled, samples, strategy, name, certainty, report
+        services, job, project, config, detector, unlabeled, samples, strategy, name, certainty, set(pseudo_ids), report
     )
     log_pool(record.path / "tensorboard", [det for *_, det in items], certainty, len(samples))
 
@@ -266,7 +266,9 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
     )
 
 
-def _score_and_push(services, job, project, config, detector, unlabeled, samples, strategy, version, certainty, report):
+def _score_and_push(
+    services, job, project, config, detector, unlabeled, samples, strategy, version, certainty, pseudo_ids, report
+):
     settings = services.settings
     report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
 
@@ -296,7 +298,7 @@ def _score_and_push(services, job, project, config, detector, unlabeled, samples
     for path, score in zip(scored.keys, scored.scores, strict=True):
         for task in by_path[path]:
             det = kept[path]
-            cooperation = (certainty.al_ratio(det.scores), certainty.split(det.scores)[1])
+            cooperation = (certainty.al_ratio(det.scores), certainty.split(det.scores)[1], task.id in pseudo_ids)
             items.append((task, path, score, TaskPrediction(task.id, regions[path], score.normalized, *cooperation)))
             scores.append(TaskScore(task.id, version, score.scorer, score.value, score.normalized))
     services.store.save_scores(job.project_id, scores)
@@ -317,6 +319,8 @@ def push(services: CycleServices, project: LabelStudioProject, predictions, task
         if settings.write_task_data:
             project.write_task_data(predictions, task_data)
         services.store.save_view(project.project_id, project.ensure_priority_view(settings.write_task_data))
+        if settings.write_task_data and settings.self_labeling_max_images:
+            project.ensure_quick_acceptance_view()
         project.set_model_version(version, settings.set_uncertainty_sampling)
     except Exception as error:
         try:

@@ -14,20 +14,24 @@ from label_studio_sdk import LabelStudio
 log = logging.getLogger(__name__)
 
 PRIORITY_VIEW_TITLE = "Most informative first"
+QUICK_ACCEPTANCE_VIEW_TITLE = "Quick acceptance: self-labeled"
 PRIORITY_KEY = "priority"
-TASK_DATA_NUMBERS = (PRIORITY_KEY, "al_ratio", "uncertain_boxes")  # written by write_task_data
+# written by write_task_data
+TASK_DATA_NUMBERS = (PRIORITY_KEY, "al_ratio", "uncertain_boxes", "self_labeled")
 
 
 @dataclass(frozen=True)
 class TaskPrediction:
     """One task's share of a cycle: its regions, informativeness in [0, 1], the share of its
-    shown boxes a person must check and how many boxes that is (ASM's AL ratio)."""
+    shown boxes a person must check and how many boxes that is (ASM's AL ratio), and whether
+    the version trained on it with its own labels (CEAL)."""
 
     task_id: int
     regions: list[dict]
     informativeness: float
     al_ratio: float = 1.0
     uncertain_boxes: int = 0
+    self_labeled: bool = False
 
 
 def prediction_payload(item: TaskPrediction, model_version: str) -> dict:
@@ -68,7 +72,8 @@ class LabelStudioProject:
 
     def write_task_data(self, items: Sequence[TaskPrediction], task_data: dict[int, dict]) -> None:
         """Each task's ``data.priority`` (informativeness), ``data.al_ratio`` (the share of its boxes
-        a person must check) and ``data.uncertain_boxes``, so Data Manager views can sort and
+        a person must check), ``data.uncertain_boxes`` and ``data.self_labeled`` (1 when the
+        version trained on the task with its own boxes), so Data Manager views can sort and
         filter by them. Label Studio has no bulk update of task data: one PATCH per task, in
         parallel; about 12 tasks/s on its own SQLite server (BENCHMARKS.md), so this is an
         option, not the default."""
@@ -78,6 +83,7 @@ class LabelStudioProject:
                 PRIORITY_KEY: round(item.informativeness, 6),
                 "al_ratio": round(item.al_ratio, 6),
                 "uncertain_boxes": item.uncertain_boxes,
+                "self_labeled": int(item.self_labeled),
             }
             self.client.tasks.update(id=str(item.task_id), data={**task_data[item.task_id], **fields})
 
@@ -90,8 +96,18 @@ class LabelStudioProject:
         ``data.priority``, highest first, when priorities are written into the tasks. Created
         once; its ordering follows ``by_task_data`` after that."""
         ordering = [f"-tasks:data.{PRIORITY_KEY}"] if by_task_data else ["tasks:predictions_score"]
+        return self._ensure_view(PRIORITY_VIEW_TITLE, ordering)
+
+    def ensure_quick_acceptance_view(self) -> int:
+        """A tab of the unlabeled tasks the model labeled itself (CEAL), needing ``data.self_labeled``
+        from write_task_data: an annotator checks the all-certain boxes and submits them as they
+        are. Only that submission makes them human labels."""
+        flag = {"filter": "filter:tasks:data.self_labeled", "operator": "greater", "type": "Number", "value": 0}
+        return self._ensure_view(QUICK_ACCEPTANCE_VIEW_TITLE, [f"-tasks:data.{PRIORITY_KEY}"], [flag])
+
+    def _ensure_view(self, title: str, ordering: list[str], filters: Sequence[dict] = ()) -> int:
         data = {
-            "title": PRIORITY_VIEW_TITLE,
+            "title": title,
             "ordering": ordering,
             # PostgreSQL sorts JSON fields as text unless the column is declared a number.
             "columnsDisplayType": {f"tasks:data.{key}": "Number" for key in TASK_DATA_NUMBERS},
@@ -99,12 +115,13 @@ class LabelStudioProject:
             "filters": {
                 "conjunction": "and",
                 "items": [
-                    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
+                    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+                    *filters,
                 ],
             },
         }
         for view in self.client.views.list(project=self.project_id):
-            if (view.data or {}).get("title") == PRIORITY_VIEW_TITLE:
+            if (view.data or {}).get("title") == title:
                 if view.data.get("ordering") != ordering:
                     self.client.views.update(id=view.id, project=self.project_id, data=data)
                 return view.id

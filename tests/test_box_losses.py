@@ -8,7 +8,7 @@ import torchvision
 
 from al_core.datasets import SHAPE_CLASSES
 from al_core.detectors import Detector
-from al_core.detectors.box_losses import eiou_loss, emphasis_weights, training_losses
+from al_core.detectors.box_losses import box_loss_sum, eiou_loss, emphasis_weights, training_losses
 from al_core.training import DetectionDataset, TrainConfig, _collate, train_detector
 
 
@@ -20,6 +20,14 @@ def test_eiou_hand_computed():
     # 3: identical boxes.
     expected = torch.tensor([1 - 1 / 7 + 2 / 18, 0.5 + 1 / 20 + 4 / 16, 0.0])
     assert torch.allclose(eiou_loss(boxes, targets), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["giou", "diou", "ciou", "eiou"])
+def test_empty_predicted_boxes_give_a_finite_loss_and_gradient(name):
+    boxes = torch.tensor([[4.0, 4, 4, 4], [2, 2, 2, 6]], requires_grad=True)  # an untrained FCOS's output
+    loss = box_loss_sum(name, 1.0, boxes, torch.tensor([[2.0, 2, 6, 6], [2, 2, 6, 6]]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(boxes.grad).all()
 
 
 def test_emphasis_weights_lean_on_the_worst_localised_boxes():

@@ -4,6 +4,7 @@ button and POST /train (coalesced), then check versions, predictions, ordering a
 finally a training killed mid-run leaves the previous version served."""
 
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from al_core.datasets import generate_shapes, read_dataset
 from al_core.versions import read_version
 from backend.store import Store
+from exporters.label_studio_api import QUICK_ACCEPTANCE_VIEW_TITLE as QUICK_ACCEPTANCE
 from exporters.label_studio_api import LabelStudioProject
 from exporters.label_studio_regions import box_to_percent, percent_to_box
 
@@ -339,12 +341,15 @@ def test_a_killed_training_leaves_the_old_version_served(cycle):
     assert done["state"] == "done" and done["version"] == f"p{project}-v3", done
 
 
-def test_uncertain_boxes_come_first_and_al_ratio_sorts_the_data_manager(cycle, label_studio_server):  # noqa: F811
+def test_uncertain_boxes_come_first_and_al_ratio_sorts_the_data_manager(cycle, label_studio_server, tmp_path):  # noqa: F811
     """Box-level cooperation in a real Label Studio: the project's thresholds arrive through
     /setup's extra_params; after a cycle with WRITE_TASK_DATA each unlabeled task's prediction
-    lists its uncertain boxes first, marked, and the task's data holds al_ratio and
-    uncertain_boxes, by which a Data Manager view sorts and filters. Self-labeling is on: its
-    pseudo-labels stay out of the human labels of the version and of the exports."""
+    lists its uncertain boxes first, marked, the labeling editor shows them first, and the
+    task's data holds al_ratio and uncertain_boxes, by which a Data Manager view sorts and
+    filters. Self-labeling is on: its pseudo-labels stay out of the human labels of the version
+    and of the exports. The version holds the run's TensorBoard log.
+
+    DOCS_SCREENSHOT=docs/annotator-view.png keeps the editor's screenshot for the docs."""
     ls, project = cycle["ls"], cycle["project"]
     cycle["backend"].stop()
     env = {**cycle["backend"].env, "WRITE_TASK_DATA": "true", "SELF_LABELING_MAX_IMAGES": "10"}
@@ -392,15 +397,47 @@ def test_uncertain_boxes_come_first_and_al_ratio_sorts_the_data_manager(cycle, l
     print(f"{len(unlabeled)} unlabeled tasks, {len(expected)} with boxes to check, {mixed} with both kinds")
     assert expected and sorted(listed) == sorted(expected)
     assert [ratio[i] for i in listed] == sorted((ratio[i] for i in expected), reverse=True)
+    # What the annotator sees: the editor lists the regions in the prediction's order, uncertain first.
+    from browser_check import labeling_page_regions
+
+    def result(task) -> list[dict]:
+        return next(p.result for p in task.predictions if p.model_version == done["version"])
+
+    def kinds(task) -> tuple[int, int]:
+        marks = [r["meta"]["certainty"] for r in result(task)]
+        return marks.count("uncertain"), marks.count("certain")
+
+    shown_task = max(unlabeled, key=lambda t: (min(kinds(t)), -sum(kinds(t))))  # both kinds, few boxes
+    shot = Path(os.environ.get("DOCS_SCREENSHOT") or tmp_path / "cooperation.png")
+    user, password = label_studio.USERNAME, label_studio.PASSWORD
+    shown = labeling_page_regions(label_studio_server.url, user, password, project, shown_task.id, shot)
+    regions = result(shown_task)[: len(shown)]
+    assert shown and [label for label, _ in shown] == [r["value"]["rectanglelabels"][0] for r in regions]
+    assert [score for _, score in shown] == pytest.approx([r["score"] for r in regions], abs=0.006)
+    print(f"editor of task {shown_task.id}: {kinds(shown_task)} (uncertain, certain) boxes, listed {shown}")
     # Self-labeled images: recorded apart, never as human labels.
     version = read_version(Store(Path(env["DATA_DIR"]) / "state.sqlite3").version(done["version"]).path)
     annotated = {t.id for t in ls.tasks.list(project=project, fields="all") if t.annotations}
     assert set(version.labeled_ids) == annotated and len(annotated) == LABELED
     assert set(version.pseudo_ids) <= {t.id for t in unlabeled}
     assert version.metrics["labeled"] == LABELED and version.metrics["pseudo_labeled"] == len(version.pseudo_ids)
+    # ... and offered for quick acceptance: flagged in the task data, listed in their own tab.
+    assert {t.id for t in unlabeled if t.data["self_labeled"]} == set(version.pseudo_ids)
+    quick = next(v for v in ls.views.list(project=project) if (v.data or {}).get("title") == QUICK_ACCEPTANCE)
+    assert {t.id for t in ls.tasks.list(project=project, view=quick.id)} == set(version.pseudo_ids)
     history = pd.read_csv(Path(env["DATA_DIR"]) / "exports" / f"project-{project}" / "history.csv")
     assert history["labeled"].iloc[-1] == LABELED
     print(f"self-labeled images in {done['version']}: {len(version.pseudo_ids)}")
+    # The run's TensorBoard log: one epoch, one evaluation on the held-out images; the pool's SL/AL.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(version.path / "tensorboard"))
+    board.Reload()
+    tags = set(board.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "eval/AP", "eval/AP50", "eval/AP75", "pool/sl_al_ratio"} <= tags, tags
+    assert board.Scalars("eval/AP50")[-1].value == pytest.approx(version.metrics["map50"])
+    boxes = sum(kinds(t)[0] for t in unlabeled), sum(kinds(t)[1] for t in unlabeled)
+    assert [board.Scalars(f"pool/{k}_boxes")[-1].value for k in ("al", "sl")] == list(boxes)
 
 
 def test_label_studio_exports_read_back(label_studio_server, tmp_path):  # noqa: F811

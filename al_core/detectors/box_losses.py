@@ -59,8 +59,12 @@ def emphasis_weights(boxes: Tensor, targets: Tensor, gamma: float) -> Tensor:
 
 
 def box_loss_sum(name: str, gamma: float, boxes: Tensor, targets: Tensor) -> Tensor:
-    """The summed loss ``name`` over matched (box, target) pairs, each weighted by its emphasis."""
+    """The summed loss ``name`` over matched (box, target) pairs, each weighted by its emphasis.
+
+    Predicted boxes get a side of at least 1e-3 px: FCOS's distances pass through a ReLU, so an
+    untrained head predicts empty boxes, where CIoU's aspect term is 0/0."""
     boxes, targets = boxes.float(), targets.float()  # IoU terms in half precision lose too much
+    boxes = torch.cat([boxes[:, :2], torch.maximum(boxes[:, 2:], boxes[:, :2] + 1e-3)], dim=1)
     return (emphasis_weights(boxes, targets, gamma) * _LOSSES[name](boxes, targets)).sum()
 
 
