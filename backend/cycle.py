@@ -190,7 +190,10 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     items = _score_and_push(
         services, job, project, config, detector, unlabeled, samples, strategy, name, certainty, set(pseudo_ids), report
     )
-    log_pool(record.path / "tensorboard", [det for *_, det in items], certainty, len(samples))
+    try:  # observability only: the version is served and pushed already
+        log_pool(record.path / "tensorboard", [det for *_, det in items], certainty, len(samples))
+    except OSError as error:
+        log.warning("project %s: the pool's TensorBoard figures were not written: %s", job.project_id, error)
 
     report(0.95, "writing exports")
     cycle = len(store.cycles(job.project_id)) + 1
