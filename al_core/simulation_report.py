@@ -47,6 +47,9 @@ def summary(rows: list[dict], baseline: str = "random", x: str = "labeled_images
     table = curves(rows, x)
     if baseline not in set(table["strategy"]):
         raise ValueError(f"the simulation has no {baseline!r} run to compare with")
+    frame = pd.DataFrame(rows)
+    last = frame[frame["cycle"] == frame.groupby(["strategy", "seed"])["cycle"].transform("max")]
+    per_seed = last.sort_values("seed").groupby("strategy")["map50"].apply(list)
     base = table[table["strategy"] == baseline].sort_values("cycle")
     target, base_labels = base["map50_mean"].iloc[-1], base["labeled"].iloc[-1]
     result = []
@@ -59,6 +62,7 @@ def summary(rows: list[dict], baseline: str = "random", x: str = "labeled_images
                 "strategy": strategy,
                 "final_map50": group["map50_mean"].iloc[-1],
                 "final_map50_std": group["map50_std"].iloc[-1],
+                "final_map50_per_seed": per_seed[strategy],
                 "mean_gain_map50_points": 100 * gains.mean(),
                 "labels_saved": None if reached is None else 1 - reached / base_labels,
                 "train_seconds_per_cycle": group["train_seconds"].mean(),
@@ -91,13 +95,20 @@ def plot(rows: list[dict], path: str | Path, x: str = "labeled_images") -> Path:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["strategy", "final mAP@0.5", "mean gain over random (mAP@0.5 points)"]
+    header = ["strategy", "final mAP@0.5", "per seed", "mean gain over random (mAP@0.5 points)"]
     header += ["labels saved to reach random's final mAP", "train s/cycle", "scoring s/cycle"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for r in summary(rows).itertuples():
         saved = "not reached" if r.labels_saved is None or pd.isna(r.labels_saved) else f"{100 * r.labels_saved:.0f}%"
         spread = 0.0 if pd.isna(r.final_map50_std) else 100 * r.final_map50_std
-        cells = [r.strategy, f"{100 * r.final_map50:.1f} ± {spread:.1f}", f"{r.mean_gain_map50_points:+.2f}", saved]
+        seeds = ", ".join(f"{100 * value:.1f}" for value in r.final_map50_per_seed)
+        cells = [
+            r.strategy,
+            f"{100 * r.final_map50:.1f} ± {spread:.1f}",
+            seeds,
+            f"{r.mean_gain_map50_points:+.2f}",
+            saved,
+        ]
         cells += [f"{r.train_seconds_per_cycle:.0f}", f"{r.scoring_seconds_per_cycle:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     table = curves(rows)

@@ -20,7 +20,7 @@ def log_step(board: SummaryWriter, step: int, loss: float, parts: dict, lr: floa
     kind = "train" if weight == 1.0 else "train_pseudo"
     board.add_scalar(f"{kind}/loss", loss, step)
     for name, value in parts.items():
-        board.add_scalar(f"{kind}/loss_{name}", value, step)
+        board.add_scalar(f"{kind}/loss_{name}", float(value), step)
     board.add_scalar("train/lr", lr, step)
 
 

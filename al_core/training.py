@@ -142,16 +142,17 @@ def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor,
 def _step_loss(
     detector: Detector, net, images, targets, config: TrainConfig, fraction_done: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss to minimise, its parts for the training log)."""
+    """(loss to minimise, its parts for the training log, detached: read only when logged, since
+    reading a CUDA value waits for the GPU)."""
     if not detector.has_loss_head:
         parts = net(images, targets)
-        return sum(parts.values()), {name: float(value.detach()) for name, value in parts.items()}
+        return sum(parts.values()), {name: value.detach() for name, value in parts.items()}
     true_losses, maps = per_image_losses(detector, images, targets)
     detach = fraction_done >= config.loss_head_detach_after
     predicted = torch.cat([detector.model.loss_head([m.detach() if detach else m for m in ms]) for ms in maps])
     ranking = pair_ranking_loss(predicted, true_losses, config.loss_margin)
     detection = true_losses.mean()
-    parts = {"detection": float(detection.detach()), "ranking": float(ranking.detach())}
+    parts = {"detection": detection.detach(), "ranking": ranking.detach()}
     return detection + config.loss_weight * ranking, parts
 
 

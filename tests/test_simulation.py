@@ -11,7 +11,7 @@ import yaml
 from al_core import cli
 from al_core.datasets import DigitCanvasConfig, generate_digit_canvases, read_dataset, write_digit_canvases
 from al_core.simulation import SimulationConfig, select, simulate
-from al_core.simulation_report import reach, summary, write_report
+from al_core.simulation_report import markdown, reach, summary, write_report
 from al_core.types import LabeledImage
 
 
@@ -61,6 +61,17 @@ def test_reach_and_summary_hand_computed():
     assert table.loc["smart", "mean_gain_map50_points"] == pytest.approx(100 * (0 + 0.1 + 0.1) / 3)
     # random ends at 0.5 with 30 images; smart reaches 0.5 at 20 images: a third saved
     assert table.loc["smart", "labels_saved"] == pytest.approx(1 / 3)
+
+
+def test_report_lists_each_seeds_final_map_in_seed_order():
+    rows = [
+        {"strategy": "random", "seed": seed, "cycle": cycle, "labeled_images": 10 * (cycle + 1), "map50": value,
+         "map": value / 2, "train_seconds": 1.0, "scoring_seconds": 0.5}
+        for seed, maps in ((1, [0.3, 0.7]), (0, [0.2, 0.5]))
+        for cycle, value in enumerate(maps)
+    ]  # fmt: skip
+    assert summary(rows).loc[0, "final_map50_per_seed"] == [0.5, 0.7]
+    assert "| random | 60.0 ± 14.1 | 50.0, 70.0 | +0.00 |" in markdown(rows)
 
 
 def test_simulation_smoke_runs_resumes_and_reports(tmp_path):
