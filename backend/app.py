@@ -142,6 +142,9 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     app.extensions.update(predictor=predictor, store=store, models=models, jobs=jobs)
     base = models.base
     log.info("serving %s (%s) on %s", base.version.name, base.version.detector, base.device)
+    if settings.open_without_auth:
+        log.warning("ALLOW_UNAUTHENTICATED: serving %s without authentication: anyone who reaches it may "
+                    "predict, train and activate versions", settings.host)  # fmt: skip
 
     @app.before_request
     def check_auth():

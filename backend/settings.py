@@ -8,6 +8,7 @@ keys. The README's configuration table lists every field (a test keeps it true).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ class Settings:
         default="", metadata=_doc("With BASIC_AUTH_PASS: HTTP Basic auth on every endpoint but /health.")
     )
     basic_auth_pass: str = field(default="", metadata=_doc("Password for BASIC_AUTH_USER (never logged)."))
+    allow_unauthenticated: bool = field(
+        default=False,
+        metadata=_doc("Serve a non-loopback HOST without basic auth (refused at start-up otherwise; logs a warning)."),
+    )
     model_detector: str = field(
         default="cpu_preset", metadata=_doc("Detector of the registry to build when no checkpoint is given.")
     )
@@ -164,6 +169,25 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.basic_auth_pass, self.label_studio_api_key, self.webhook_secret) if s)
 
+    @property
+    def open_without_auth(self) -> bool:
+        """Whether anyone who reaches HOST may call every endpoint."""
+        return not self.basic_auth_user and not _is_loopback(self.host)
+
+    def check_access(self) -> None:
+        """Never open by accident: both credentials or neither, and basic auth on any HOST
+        other than loopback unless ALLOW_UNAUTHENTICATED says so."""
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError(
+                "set both BASIC_AUTH_USER and BASIC_AUTH_PASS (a non-empty password), or neither; "
+                f"only {'BASIC_AUTH_USER' if self.basic_auth_user else 'BASIC_AUTH_PASS'} is set"
+            )
+        if self.open_without_auth and not self.allow_unauthenticated:
+            raise ValueError(
+                f"HOST {self.host!r} is not loopback and basic auth is off: set BASIC_AUTH_USER and "
+                "BASIC_AUTH_PASS, or ALLOW_UNAUTHENTICATED=true to serve the network without authentication"
+            )
+
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
@@ -182,6 +206,7 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown settings in {config_file}: {sorted(unknown)}")
         settings = cls(**{f.name: _convert(f, values[f.name]) for f in dataclasses.fields(cls) if f.name in values})
+        settings.check_access()
         if settings.executor not in ("local", "ray"):
             raise ValueError(f"setting EXECUTOR must be local or ray, got {settings.executor!r}")
         if settings.train_box_loss not in BOX_LOSSES or settings.train_emphasis < 0:
@@ -190,6 +215,16 @@ class Settings:
                 f"got {settings.train_box_loss!r} and {settings.train_emphasis!r}"
             )
         return settings
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 def _convert(f: dataclasses.Field, raw: object) -> object:

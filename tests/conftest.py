@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +166,16 @@ def trained_checkpoint(shapes_coco, tmp_path_factory) -> Path:
     command line (about 45 s on 2 CPU cores)."""
     path = tmp_path_factory.mktemp("model") / "shapes.pt"
     command = ["train", "--images", str(shapes_coco), "--out", str(path), "--epochs", "12", "--loss-head"]
-    assert cli.main([*command, "--version", "shapes-v1", "--seed", "0"]) == 0
+    # The same weights on any machine: a fixed thread count (CPU reductions split by thread)
+    # and deterministic kernels, besides the seed.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        assert cli.main([*command, "--version", "shapes-v1", "--seed", "0"]) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
     return path
 
 

@@ -40,7 +40,17 @@ def test_compose_wires_label_studio_and_the_backend():
     assert "backend-data:/data" in backend["volumes"]
     ray_head = compose["services"]["ray-head"]  # optional: only with --profile ray
     assert ray_head["profiles"] == ["ray"] and "--head" in ray_head["command"]
+    # Ray's dashboard runs jobs for anyone who reaches it: never on every interface, never published.
+    assert "--dashboard-host=127.0.0.1" in ray_head["command"] and "ports" not in ray_head
+    assert backend["environment"]["BASIC_AUTH_PASS"].startswith("${BACKEND_PASSWORD:?")  # a credential is required
     known = {field.name.upper() for field in dataclasses.fields(Settings)}
     gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]["backend"]
     for name in [*backend["environment"], *gpu["environment"]]:
         assert name in known, f"{name} is not a backend setting"
+
+
+def test_the_readme_docker_lines_set_credentials():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("docker build -t al-backend .", 1)[1].split("```", 1)[0]
+    runs = block.split("docker run")[1:]
+    assert len(runs) == 2 and all("BASIC_AUTH_USER=" in run and "BASIC_AUTH_PASS=" in run for run in runs)

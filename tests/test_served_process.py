@@ -61,33 +61,40 @@ def served(tmp_path, trained_checkpoint, image_server, shapes):
         process.wait(timeout=30)
 
 
-def test_three_tasks_one_broken(served, image_server, shapes):
+def test_good_tasks_get_boxes_on_their_objects_and_one_broken_task_an_error(served, image_server, shapes):
+    """Ten good tasks (five by http, five local) and a broken one. The tiny trained model must
+    find most objects with the right label: a margin that holds for any seed and machine load,
+    not every object (one confident mistake in a few objects once failed CI)."""
     url, log_path = served
-    http_sample, local_sample = shapes["test"][2], shapes["test"][3]
-    tasks = [
-        {"id": 1, "data": {"picture": f"{image_server.url}/test/{http_sample.path.split('/')[-1]}"}},
-        {"id": 2, "data": {"picture": f"{image_server.url}/broken.png?token={PASSWORD}"}},
-        {"id": 3, "data": {"picture": local_sample.path}},
-    ]
+    good = shapes["test"][2:12]
+    tasks = [{"id": 0, "data": {"picture": f"{image_server.url}/broken.png?token={PASSWORD}"}}]
+    for i, sample in enumerate(good, start=1):
+        name = sample.path.split("/")[-1]
+        tasks.append({"id": i, "data": {"picture": f"{image_server.url}/test/{name}" if i % 2 else sample.path}})
     body = {"tasks": tasks, "project": "5.1795262362", "label_config": SHAPES_CONFIG}
     assert requests.post(f"{url}/predict", json=body, timeout=60).status_code == 401
     answer = requests.post(f"{url}/predict", json=body, auth=("ls", PASSWORD), timeout=60)
     assert answer.status_code == 200
     results = answer.json()["results"]
-    assert len(results) == 3
-    assert results[1]["result"] == [] and "HTTP 404" in results[1]["error"]
-    for entry, sample in [(results[0], http_sample), (results[2], local_sample)]:
-        assert entry["model_version"] == "shapes-v1"
+    assert len(results) == len(tasks)
+    assert results[0]["result"] == [] and "HTTP 404" in results[0]["error"]
+    found = total = 0
+    for entry, sample in zip(results[1:], good, strict=True):
+        assert entry["model_version"] == "shapes-v1" and "error" not in entry
         regions = entry["result"]
-        assert regions, "no boxes for a good task"
-        boxes = torch.tensor([percent_to_box(r["value"], r["original_width"], r["original_height"]) for r in regions])
-        labels = [SHAPE_CLASSES.index(LABELS[r["value"]["rectanglelabels"][0]]) for r in regions]
         for region in regions:
             assert region["original_width"] == 128 and region["type"] == "rectanglelabels" and 0 < region["score"] <= 1
+        boxes = torch.tensor(
+            [percent_to_box(r["value"], r["original_width"], r["original_height"]) for r in regions]
+        ).reshape(-1, 4)
+        labels = [SHAPE_CLASSES.index(LABELS[r["value"]["rectanglelabels"][0]]) for r in regions]
         for truth, label in zip(sample.boxes, sample.labels.tolist()):
-            iou = box_iou(truth[None], boxes)[0]
-            best = int(iou.argmax())
-            assert iou[best] > 0.5 and labels[best] == label
+            total += 1
+            if len(labels):
+                iou = box_iou(truth[None], boxes)[0]
+                best = int(iou.argmax())
+                found += int(iou[best] > 0.5 and labels[best] == label)
+    assert total >= 10 and found / total >= 0.75, (found, total)
     assert requests.post(
         f"{url}/setup", json={"project": "5.1", "schema": SHAPES_CONFIG}, auth=("ls", PASSWORD)
     ).json() == {"model_version": "shapes-v1"}

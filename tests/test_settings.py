@@ -53,3 +53,36 @@ def test_project_id_is_the_part_before_the_dot(raw, expected):
 def test_bad_project_ids(raw):
     with pytest.raises(BadRequest):
         parse_project_id(raw)
+
+
+@pytest.mark.parametrize(
+    "environ, problem",
+    [
+        ({"BASIC_AUTH_PASS": "secret"}, "only BASIC_AUTH_PASS is set"),
+        ({"BASIC_AUTH_USER": "ls"}, "only BASIC_AUTH_USER is set"),
+        ({"BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": ""}, "only BASIC_AUTH_USER is set"),
+        ({"HOST": "0.0.0.0"}, "not loopback and basic auth is off"),
+        ({"HOST": "192.168.1.4"}, "not loopback and basic auth is off"),
+        ({"HOST": "backend.example"}, "not loopback and basic auth is off"),
+    ],
+)
+def test_never_open_by_accident(environ, problem):
+    with pytest.raises(ValueError, match=problem):
+        Settings.load(environ)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"])
+def test_loopback_needs_no_auth(host):
+    assert not Settings.load({"HOST": host}).open_without_auth
+
+
+def test_open_on_purpose_is_allowed_and_logged(tmp_path, untrained_detector, caplog):
+    settings = Settings.load({"HOST": "0.0.0.0", "ALLOW_UNAUTHENTICATED": "true", "DATA_DIR": str(tmp_path)})
+    assert settings.open_without_auth
+    with_auth = Settings.load({"HOST": "0.0.0.0", "BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "x"})
+    assert not with_auth.open_without_auth
+    from backend.app import create_app
+
+    with caplog.at_level("WARNING"):
+        create_app(settings, detector=untrained_detector)
+    assert any("without authentication" in record.getMessage() for record in caplog.records)
