@@ -45,6 +45,26 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def delete_version(path: str | Path) -> None:
+    """Remove a version's directory: renamed aside first, so a crash mid-way never leaves a
+    half-deleted directory under the version's name."""
+    path = Path(path)
+    if not path.exists():
+        return
+    doomed = path.with_name(f".{path.name}.{uuid.uuid4().hex}.deleted")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class VersionRecord:
     name: str
@@ -90,7 +110,13 @@ def write_version(
             (tmp / file).write_text(json.dumps(content, indent=2))
         if logs is not None and Path(logs).is_dir():
             shutil.copytree(logs, tmp / "tensorboard")
+        # On disk before the rename publishes it: a power cut never leaves a complete-looking
+        # version with empty files behind.
+        for file in FILES:
+            _fsync(tmp / file)
+        _fsync(tmp)
         os.replace(tmp, final)
+        _fsync(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

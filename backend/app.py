@@ -6,6 +6,7 @@ built once in ``create_app`` and shared by every request thread.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -119,7 +120,8 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     metrics = Metrics()
     store = Store(settings.data_path / "state.sqlite3")
-    models = Models(detector or load_detector(settings), store, settings.model_device)
+    models = Models(detector or load_detector(settings), store, settings.model_device, settings.max_loaded_models)
+    models.check_active_versions()
     ls_auth = (
         LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key)
         if settings.label_studio_url and settings.label_studio_api_key
@@ -200,6 +202,8 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
             model_class=type(base.model).__name__,
             model_version=base.version.name,
             device=str(base.device),
+            # projects whose active version cannot be loaded, and the model serving them instead
+            fallbacks=[dataclasses.asdict(f) for f in models.fallbacks.values()],
         )
 
     app.add_url_rule("/health", "health", health)

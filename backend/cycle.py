@@ -6,10 +6,11 @@ the cycle's exports (CSV for annotate.online, the selection as COCO, the cycle h
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from exporters.label_studio_regions import choose_annotation, detections_to_regi
 
 from .images import ImageError, ImageLoader
 from .jobs import Report
+from . import retention
 from .models import Models
 from .settings import Settings
 from .store import Cycle, Job, Store, TaskScore
@@ -86,7 +88,6 @@ class CycleServices:
 class _Task:
     id: int
     image: str  # the URL or path in the task's data
-    data: dict
     annotation: dict | None
 
 
@@ -99,18 +100,55 @@ def _labeled_image(path: Path, regions: list[tuple[str, tuple]], config: LabelCo
     )
 
 
+@dataclass
+class _Run:
+    """What one cycle owns while it runs: its job, its own copies of the images it uses (the
+    shared cache may evict them at any time) and the tasks it left out, with why."""
+
+    job: Job
+    images: Path
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
 def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     settings, store = services.settings, services.store
     if not (settings.label_studio_url and settings.label_studio_api_key):
         raise CycleError(
             "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: training reads the annotations from Label Studio"
         )
+    work = settings.data_path / "jobs"
+    _sweep_stale_work(work, job.id)
+    run = _Run(job, work / f"{job.id}.images")
+    run.images.mkdir(parents=True, exist_ok=True)
+    events = store.annotation_events(job.project_id)
+    try:
+        version = _run_cycle(services, run, report)
+    finally:
+        store.update_job(job.id, skipped=[{"task": t, "reason": r} for t, r in sorted(run.skipped.items())])
+        _sweep_stale_work(work, "")  # this run's images, training state and TensorBoard folder too
+    store.consume_annotation_events(job.project_id, events)  # kept for the next run if this one failed
+    retention.prune(services.settings, store, services.models, job.project_id)
+    return version
+
+
+def _sweep_stale_work(work: Path, keep_job: str) -> None:
+    """Work files of every job but ``keep_job`` (training state, TensorBoard folder, image
+    copies): jobs never run two at a time, and a failed or killed job is re-run under a new
+    id, so nothing there is read again."""
+    if not work.is_dir():
+        return
+    for entry in work.iterdir():
+        if not (keep_job and entry.name.startswith(f"{keep_job}.")):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
+    settings, store, job = services.settings, services.store, run.job
     params = job.params
     strategy = params.get("strategy", settings.al_strategy)
     project = LabelStudioProject(
         settings.label_studio_url, settings.label_studio_api_key, job.project_id, retries=settings.label_studio_retries
     )
-    store.reset_annotation_events(job.project_id)
 
     report(0.01, "fetching annotations from Label Studio")
     config_xml = project.label_config()
@@ -119,7 +157,7 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     tasks = []
     for task in project.tasks():
         image = task["data"].get(config.image_key)
-        tasks.append(_Task(task["id"], image, task["data"], choose_annotation(task.get("annotations") or [])))
+        tasks.append(_Task(task["id"], image, choose_annotation(task.get("annotations") or [])))
     labeled_tasks = [t for t in tasks if t.annotation is not None]
     if not labeled_tasks:
         raise CycleError(f"project {job.project_id} has no annotated tasks yet")
@@ -127,14 +165,14 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     detector = _starting_model(services, job, config, strategy)
     report(0.03, f"downloading {len(labeled_tasks)} labeled images")
     samples, labeled_ids = [], []
-    for task, path in _fetch_images(services, job, labeled_tasks, detector):
+    for task, path in _fetch_images(services, run, labeled_tasks, detector):
         samples.append(_labeled_image(path, regions_to_boxes(task.annotation["result"], config.from_name), config))
         labeled_ids.append(task.id)
     if not samples:
         raise CycleError("no labeled image could be read; see the backend's log")
     unlabeled = [t for t in tasks if t.annotation is None]
     certainty = store.project(job.project_id)[1] or settings_certainty(settings)
-    pseudo, pseudo_ids = _self_labels(services, job, detector, unlabeled, certainty, report)
+    pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, certainty, report)
     train_config = TrainConfig(
         epochs=params.get("epochs", settings.train_epochs),
         batch_size=settings.train_batch_size,
@@ -147,8 +185,7 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     before = set(read_version(active.path).labeled_ids) if active else set()
     recent = {s.path for s, task_id in zip(samples, labeled_ids, strict=True) if task_id not in before}
     train, held_out = split_held_out(samples, settings.train_held_out_fraction, train_config.seed, recent=recent)
-    work = settings.data_path / "jobs"
-    work.mkdir(parents=True, exist_ok=True)
+    work = run.images.parent
     board = work / f"{job.id}.tensorboard"
     if settings.executor == "ray" and settings.train_workers > 1 and not detector.has_loss_head and not pseudo:
         report(0.05, f"training on Ray: {settings.train_workers} DDP workers")
@@ -183,13 +220,16 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     name = f"p{job.project_id}-v{number}"
     record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics, pseudo_ids, board)
     store.add_version(name, job.project_id, str(record.path), metrics)
-    services.models.activate(name)  # served only now: finished and evaluated
+    services.models.load(name, str(record.path))  # it reads back before anything is pushed
     (work / f"{job.id}.state").unlink(missing_ok=True)
     shutil.rmtree(board, ignore_errors=True)
 
     items = _score_and_push(
-        services, job, project, config, detector, unlabeled, samples, strategy, name, certainty, set(pseudo_ids), report
+        services, run, project, config, detector, unlabeled, samples, strategy, name, certainty, set(pseudo_ids), report
     )
+    # Served only now: evaluated, and shown by Label Studio. A failed push left the project on
+    # the previous version, and so does the backend.
+    services.models.activate(name)
     try:  # observability only: the version is served and pushed already
         log_pool(record.path / "tensorboard", [det for *_, det in items], certainty, len(samples))
     except OSError as error:
@@ -202,7 +242,7 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
 
 
 def _self_labels(
-    services: CycleServices, job: Job, detector: Detector, unlabeled: list[_Task], certainty: Certainty, report: Report
+    services: CycleServices, run: _Run, detector: Detector, unlabeled: list[_Task], certainty: Certainty, report: Report
 ) -> tuple[list[LabeledImage], list[int]]:
     """CEAL's self-labeling (opt-in): the unlabeled images whose shown boxes are all certain
     under the starting model, at most SELF_LABELING_MAX_IMAGES, labeled with those boxes. Chosen
@@ -211,7 +251,7 @@ def _self_labels(
     if not settings.self_labeling_max_images or not detector.version.trained or not unlabeled:
         return [], []
     report(0.04, f"self-labeling: predicting {len(unlabeled)} unlabeled images")
-    fetched = _fetch_images(services, job, unlabeled, detector)
+    fetched = _fetch_images(services, run, unlabeled, detector)
     detections: dict[str, Detections] = {}
     paths = sorted({str(path) for _, path in fetched})
     for start in range(0, len(paths), settings.predict_batch_size):
@@ -220,29 +260,53 @@ def _self_labels(
     pseudo = pseudo_labels(detections, certainty, settings.self_labeling_max_images)
     chosen = {image.path for image in pseudo}
     ids = sorted(task.id for task, path in fetched if str(path) in chosen)
-    log.info("project %s: %d self-labeled images join the training", job.project_id, len(pseudo))
+    log.info("project %s: %d self-labeled images join the training", run.job.project_id, len(pseudo))
     return pseudo, ids
 
 
-def _fetch_images(
-    services: CycleServices, job: Job, tasks: list[_Task], detector: Detector
-) -> list[tuple[_Task, Path]]:
-    """(task, local image file) for every task whose image can be read and the model can take,
-    fetched in parallel; the others are logged and left out."""
+def _fetch_images(services: CycleServices, run: _Run, tasks: list[_Task], detector: Detector) -> list[tuple[_Task, Path]]:
+    """(task, local image file the run owns) for every task whose image can be read and the
+    model can take, fetched in parallel; the others are left out, logged and recorded in the
+    job with why. No task, however broken, fails the cycle."""
 
     def fetch(task: _Task) -> Path | None:
         try:
             path, size = services.loader.fetch_to_file(task.image)
             if problem := detector.size_problem(*size):
                 raise ImageError(problem)
-            return path
+            return _pin(services.loader, task.image, path, run.images)
         except ImageError as error:
-            log.warning("project %s task %s: image left out: %s", job.project_id, task.id, error)
-            return None
+            reason = str(error)
+        except Exception as error:  # a bug or a library's surprise costs this task only
+            log.exception("project %s task %s: unexpected error reading its image", run.job.project_id, task.id)
+            reason = f"unexpected error reading the image: {type(error).__name__}"
+        log.warning("project %s task %s: image left out: %s", run.job.project_id, task.id, reason)
+        run.skipped[task.id] = reason
+        return None
 
     with ThreadPoolExecutor(services.settings.fetch_workers) as pool:
         paths = list(pool.map(fetch, tasks))
     return [(task, path) for task, path in zip(tasks, paths, strict=True) if path is not None]
+
+
+def _pin(loader: ImageLoader, reference: str, path: Path, folder: Path) -> Path:
+    """The run's own name for a cached download (a hard link, or a copy across file systems):
+    the cache may evict its name while the run still trains on it. A local file is used as is."""
+    if not path.is_relative_to(loader.cache.directory):
+        return path
+    kept = folder / path.name
+    for _attempt in range(2):
+        try:
+            os.link(path, kept)
+            return kept
+        except FileExistsError:  # two tasks share the image
+            return kept
+        except FileNotFoundError:  # evicted between the fetch and the link: fetch it again
+            path, _ = loader.fetch_to_file(reference)
+        except OSError:
+            shutil.copyfile(path, kept)
+            return kept
+    raise ImageError("the image kept being evicted from the cache while it was fetched")
 
 
 def _starting_model(services: CycleServices, job: Job, config: LabelConfig, strategy: str) -> Detector:
@@ -270,13 +334,13 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
 
 
 def _score_and_push(
-    services, job, project, config, detector, unlabeled, samples, strategy, version, certainty, pseudo_ids, report
+    services, run, project, config, detector, unlabeled, samples, strategy, version, certainty, pseudo_ids, report
 ):
-    settings = services.settings
+    settings, job = services.settings, run.job
     report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
 
     paths, by_path = [], {}
-    for task, path in _fetch_images(services, job, unlabeled, detector):
+    for task, path in _fetch_images(services, run, unlabeled, detector):
         if str(path) not in by_path:  # two tasks may share an image: score it once
             paths.append(str(path))
         by_path.setdefault(str(path), []).append(task)
@@ -307,11 +371,11 @@ def _score_and_push(
     services.store.save_scores(job.project_id, scores)
 
     report(0.85, f"pushing {len(items)} predictions and priorities to Label Studio")
-    push(services, project, [item[3] for item in items], {task.id: task.data for task, *_ in items}, version)
+    push(services, project, [item[3] for item in items], version)
     return [(task, path, score, kept[path]) for task, path, score, _ in items]
 
 
-def push(services: CycleServices, project: LabelStudioProject, predictions, task_data, version: str) -> None:
+def push(services: CycleServices, project: LabelStudioProject, predictions, version: str) -> None:
     """The cycle's results into Label Studio, all or nothing as far as annotators can see: until
     the project's model version moves, the tab and the editor show the previous version. If a
     step fails after the SDK's retries, the new version's predictions already written are
@@ -320,7 +384,7 @@ def push(services: CycleServices, project: LabelStudioProject, predictions, task
     try:
         project.push_predictions(predictions, version)
         if settings.write_task_data:
-            project.write_task_data(predictions, task_data)
+            project.write_task_data(predictions)
         services.store.save_view(project.project_id, project.ensure_priority_view(settings.write_task_data))
         if settings.write_task_data and settings.self_labeling_max_images:
             project.ensure_quick_acceptance_view()

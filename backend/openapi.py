@@ -74,8 +74,16 @@ SCHEMAS = {
             "model_class": STRING,
             "model_version": STRING,
             "device": STRING,
+            "fallbacks": {
+                "type": "array",
+                "description": "Projects whose active version cannot be loaded, and what serves them instead.",
+                "items": _object(
+                    {"project_id": PROJECT_ID, "active": STRING, "serving": STRING, "reason": STRING},
+                    ("project_id", "active", "serving", "reason"),
+                ),
+            },
         },
-        ("status", "model_class", "model_version", "device"),
+        ("status", "model_class", "model_version", "device", "fallbacks"),
     ),
     "Task": _object(
         {
@@ -130,6 +138,11 @@ SCHEMAS = {
             "created_at": NUMBER,
             "started_at": NULLABLE_NUMBER,
             "finished_at": NULLABLE_NUMBER,
+            "skipped": {
+                "type": "array",
+                "description": "Tasks the run left out (an image it could not read or the model cannot take), and why.",
+                "items": _object({"task": {"type": "integer"}, "reason": STRING}, ("task", "reason")),
+            },
         },
         ("id", "project_id", "state", "stage", "progress", "params", "trigger", "error", "version", "created_at"),
     ),

@@ -60,6 +60,9 @@ class Settings:
     model_device: str = field(
         default="auto", metadata=_doc("`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ...")
     )
+    max_loaded_models: int = field(
+        default=4, metadata=_doc("Trained model versions kept in memory (least recently used dropped first).")
+    )
     predict_batch_size: int = field(
         default=8, metadata=_doc("Most images per model forward pass, merged across concurrent /predict calls.")
     )
@@ -126,6 +129,13 @@ class Settings:
     )
     train_emphasis: float = field(
         default=0.0, metadata=_doc("HUALE's emphasis gamma on poorly localised boxes (dense heads); 0 = off.")
+    )
+    keep_model_versions: int = field(
+        default=5,
+        metadata=_doc("Model versions kept per project: the newest N, plus always the active and previous ones."),
+    )
+    keep_cycle_exports: int = field(
+        default=20, metadata=_doc("Cycles whose CSV and COCO selection files are kept per project (newest first).")
     )
     self_labeling_max_images: int = field(
         default=0,

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     owner TEXT,
-    heartbeat_at REAL
+    heartbeat_at REAL,
+    skipped TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS versions (
     name TEXT PRIMARY KEY,
@@ -99,6 +100,7 @@ class Job:
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    skipped: list = field(default_factory=list)  # {"task": id, "reason": why} per task left out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +140,7 @@ class Store:
                 ("jobs", "owner", "TEXT"),
                 ("jobs", "heartbeat_at", "REAL"),
                 ("projects", "certainty", "TEXT"),
+                ("jobs", "skipped", "TEXT NOT NULL DEFAULT '[]'"),
             ):
                 if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
@@ -191,9 +194,19 @@ class Store:
             )
             return db.execute("SELECT new_annotations FROM projects WHERE project_id = ?", (project_id,)).fetchone()[0]
 
-    def reset_annotation_events(self, project_id: int) -> None:
+    def annotation_events(self, project_id: int) -> int:
         with self._connect() as db:
-            db.execute("UPDATE projects SET new_annotations = 0 WHERE project_id = ?", (project_id,))
+            row = db.execute("SELECT new_annotations FROM projects WHERE project_id = ?", (project_id,)).fetchone()
+        return row[0] if row else 0
+
+    def consume_annotation_events(self, project_id: int, count: int) -> None:
+        """A training run that read ``count`` events succeeded: those are used up; events
+        counted while it ran stay for the next one."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE projects SET new_annotations = MAX(0, new_annotations - ?) WHERE project_id = ?",
+                (count, project_id),
+            )
 
     def save_view(self, project_id: int, view_id: int) -> None:
         with self._connect() as db:
@@ -291,8 +304,9 @@ class Store:
         return self.job(row[0])
 
     def update_job(self, job_id: str, **fields) -> None:
-        if "params" in fields:
-            fields["params"] = json.dumps(fields["params"])
+        for key in ("params", "skipped"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
         assignments = ", ".join(f"{key} = ?" for key in fields)
         with self._connect() as db:
             db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
@@ -316,7 +330,7 @@ class Store:
         columns = ", ".join(f.name for f in fields(Job))
         with self._connect() as db:
             rows = db.execute(f"SELECT {columns} FROM jobs {where}", args).fetchall()
-        return [Job(*row[:5], json.loads(row[5]), *row[6:]) for row in rows]
+        return [Job(*row[:5], json.loads(row[5]), *row[6:-1], json.loads(row[-1])) for row in rows]
 
     # versions
     def add_version(self, name: str, project_id: int, path: str, metrics: dict) -> None:
@@ -339,6 +353,10 @@ class Store:
                 args,
             ).fetchall()
         return [Version(r[0], r[1], r[2], json.loads(r[3]), bool(r[4]), r[5]) for r in rows]
+
+    def delete_version(self, name: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM versions WHERE name = ? AND active = 0", (name,))
 
     def version(self, name: str) -> Version | None:
         return next((v for v in self.versions() if v.name == name), None)

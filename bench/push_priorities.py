@@ -88,7 +88,7 @@ def main() -> None:
             }
             default = sum(seconds.values())
             effective = default - seconds["older version's predictions removed"]
-            seconds[PATCHES] = timed(lambda: project.write_task_data(items[: args.patched], tasks))
+            seconds[PATCHES] = timed(lambda: project.write_task_data(items[: args.patched]))
             first = next(iter(project.client.tasks.list(project=created.id, fields="all", page_size=1)))
             assert [p.model_version for p in first.predictions] == ["bench-v2"], "the push did not land"
         finally:

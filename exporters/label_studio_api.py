@@ -70,12 +70,14 @@ class LabelStudioProject:
         for start in range(0, len(payloads), chunk):
             self.client.projects.import_predictions(id=self.project_id, request=payloads[start : start + chunk])
 
-    def write_task_data(self, items: Sequence[TaskPrediction], task_data: dict[int, dict]) -> None:
+    def write_task_data(self, items: Sequence[TaskPrediction]) -> None:
         """Each task's ``data.priority`` (informativeness), ``data.al_ratio`` (the share of its boxes
         a person must check), ``data.uncertain_boxes`` and ``data.self_labeled`` (1 when the
         version trained on the task with its own boxes), so Data Manager views can sort and
-        filter by them. Label Studio has no bulk update of task data: one PATCH per task, in
-        parallel; about 12 tasks/s on its own SQLite server (BENCHMARKS.md), so this is an
+        filter by them. Label Studio's PATCH replaces the whole ``data``, so each task is read
+        fresh just before and only these fields change: edits made in Label Studio while the
+        model trained are kept. No bulk update of task data exists: a GET and a PATCH per task,
+        in parallel; about 12 tasks/s on its own SQLite server (BENCHMARKS.md), so this is an
         option, not the default."""
 
         def patch(item: TaskPrediction) -> None:
@@ -85,7 +87,8 @@ class LabelStudioProject:
                 "uncertain_boxes": item.uncertain_boxes,
                 "self_labeled": int(item.self_labeled),
             }
-            self.client.tasks.update(id=str(item.task_id), data={**task_data[item.task_id], **fields})
+            fresh = self.client.tasks.get(id=str(item.task_id)).data or {}
+            self.client.tasks.update(id=str(item.task_id), data={**fresh, **fields})
 
         with ThreadPoolExecutor(self.workers) as pool:
             list(pool.map(patch, items))

@@ -104,7 +104,7 @@ def test_a_push_that_keeps_failing_fails_the_job_and_leaves_nothing_half_written
 
     ls.push_predictions = first_chunk_then_down
     with pytest.raises(CycleError) as failed:
-        push(services(2), ls, PREDICTIONS, {}, "p1-v2")
+        push(services(2), ls, PREDICTIONS, "p1-v2")
     message = str(failed.value)
     assert "pushing p1-v2 to Label Studio failed after 2 retries" in message
     assert "its predictions written so far were removed" in message and "previous version" in message
@@ -115,7 +115,7 @@ def test_a_push_that_keeps_failing_fails_the_job_and_leaves_nothing_half_written
 
 def test_a_push_that_succeeds_after_retries_moves_the_project(services, delays):
     fake = FakeLabelStudio(import_failures=2)
-    push(services(3), project(fake, retries=3), PREDICTIONS, {}, "p1-v2")
+    push(services(3), project(fake, retries=3), PREDICTIONS, "p1-v2")
     assert len(fake.imported) == 6 and fake.deleted == []
     assert ("PATCH", "/api/projects/1/") in fake.calls or ("PATCH", "/api/projects/1") in fake.calls
 
