@@ -1,5 +1,8 @@
 """Ranked scores as CSV (image, score, in decreasing order), for annotate.online and similar
-tools; the other columns say how each score was made."""
+tools; the other columns say how each score was made.
+
+Text cells that a spreadsheet would read as a formula (starting with = + - @, a tab or a carriage
+return) get a leading ' (OWASP's advice against CSV injection); numbers are left as they are."""
 
 from __future__ import annotations
 
@@ -9,6 +12,29 @@ from pathlib import Path
 import pandas as pd
 
 from al_core.selection import Selection
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula, made plain text; anything else as is."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def neutralised(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with its text columns neutralised; numeric columns untouched."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            frame[column] = frame[column].map(neutralise_cell)
+    return frame
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    # CRLF rows (RFC 4180): the csv writer then quotes any cell holding a \r, which would end a row
+    neutralised(frame).to_csv(path, index=False, lineterminator="\r\n")
 
 
 def selection_frame(selection: Selection) -> pd.DataFrame:
@@ -33,7 +59,7 @@ def selection_frame(selection: Selection) -> pd.DataFrame:
 def write_selection_csv(selection: Selection, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    selection_frame(selection).to_csv(path, index=False)
+    _write_csv(selection_frame(selection), path)
     return path
 
 
@@ -44,7 +70,7 @@ def write_cycle_csv(rows: list[dict], path: str | Path) -> Path:
     frame = frame.sort_values(["entropy", "task_id"], ascending=[False, True], kind="stable")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
+    _write_csv(frame, path)
     return path
 
 
@@ -53,6 +79,6 @@ def write_history(cycles: list[dict], folder: str | Path) -> tuple[Path, Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(cycles, columns=["cycle", "version", "labeled", "map", "map50", "strategy"])
-    frame.to_csv(folder / "history.csv", index=False)
+    _write_csv(frame, folder / "history.csv")  # the JSON keeps the raw text
     (folder / "history.json").write_text(frame.to_json(orient="records", indent=2))
     return folder / "history.csv", folder / "history.json"
