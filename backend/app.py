@@ -29,10 +29,10 @@ from .jobs import JobRunner
 from .label_studio_auth import LabelStudioAuth
 from .metrics import Metrics
 from .models import Models, VersionError
-from .openapi import MAX_ID, openapi_document
+from .openapi import JOBS_PAGE, JOBS_PAGE_MAX, MAX_ID, openapi_document
 from .predictor import Predictor
 from .settings import Settings
-from .store import Store
+from .store import QueueFull, Store
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,17 @@ def _request_json() -> object:
     return body
 
 
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    """The query argument ``name`` as an integer from ``low`` to ``high``; ``default`` if absent."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    # ASCII digits only, length-capped before int(): "²" and a 10,000-digit string are refused
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and low <= int(raw) <= high):
+        raise BadRequest(f"'{name}' must be an integer from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
 def _json_body() -> dict:
     body = _request_json()
     if body is None:
@@ -139,7 +150,12 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         max_wait_s=settings.predict_max_wait_ms / 1000,
     )
     services = CycleServices(settings, store, models, loader)
-    jobs = JobRunner(store, lambda job, report: run_cycle(services, job, report))
+    jobs = JobRunner(
+        store,
+        lambda job, report: run_cycle(services, job, report),
+        max_queued=settings.max_queued_jobs,
+        history_max=settings.job_history_max,
+    )
     jobs.start()
     app.extensions.update(predictor=predictor, store=store, models=models, jobs=jobs)
     base = models.base
@@ -229,6 +245,12 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise BadRequest("'tasks' must be a list of tasks")
+        if len(tasks) > settings.max_tasks_per_request:
+            message = (
+                f"{len(tasks)} tasks in one request; at most {settings.max_tasks_per_request} "
+                "(MAX_TASKS_PER_REQUEST): send them in smaller batches"
+            )
+            return jsonify(error=message), 413
         ids = [t.get("id") for t in tasks if isinstance(t, dict)]
         if any(isinstance(i, int) and not -MAX_ID - 1 <= i <= MAX_ID for i in ids):
             raise BadRequest("task ids must be integers from -2^63 to 2^63-1")
@@ -243,7 +265,10 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         return jsonify(results=predictor.predict(tasks, config, project_id, models.for_project(project_id), certainty))
 
     def start_training(project_id: int, params: dict, trigger: str):
-        job, coalesced = jobs.submit(project_id, check_train_params(params), trigger)
+        try:
+            job, coalesced = jobs.submit(project_id, check_train_params(params, settings.train_max_epochs), trigger)
+        except QueueFull as error:
+            return jsonify(error=str(error)), 429
         status = "coalesced into the queued run" if coalesced else "queued"
         return jsonify(job_id=job.id, status=status, project=project_id, job=job.to_dict()), 201
 
@@ -295,11 +320,27 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         job = job_or_404(job_id)
         return (jsonify(job), 200) if job else (jsonify(error=f"no job {job_id!r}"), 404)
 
+    @app.post("/jobs/<job_id>/cancel")
+    def job_cancel(job_id: str):
+        job, changed = jobs.cancel(job_id)
+        if job is None:
+            return jsonify(error=f"no job {job_id!r}"), 404
+        if not changed:
+            return jsonify(error=f"job {job_id!r} has finished ({job.state}); nothing to cancel"), 409
+        return jsonify(job.to_dict()), 200
+
     @app.get("/jobs")
     def job_list():
         project = request.args.get("project")
         project_id = parse_project_id(project) if project else None
-        return jsonify(jobs=[job.to_dict() for job in store.jobs(project_id)])
+        limit = _int_arg("limit", JOBS_PAGE, 1, JOBS_PAGE_MAX)
+        offset = _int_arg("offset", 0, 0, MAX_ID)
+        return jsonify(
+            jobs=[job.to_dict() for job in store.jobs(project_id, limit=limit, offset=offset)],
+            total=store.count_jobs(project_id),
+            limit=limit,
+            offset=offset,
+        )
 
     @app.route("/job_status", methods=["GET", "POST"])
     def job_status():

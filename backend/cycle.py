@@ -55,8 +55,9 @@ def settings_certainty(settings: Settings) -> Certainty:
     return Certainty(settings.prediction_score_threshold, settings.certain_score_threshold)
 
 
-def check_train_params(params: dict) -> dict:
-    """The optional parameters of a training trigger, checked; a clear error otherwise."""
+def check_train_params(params: dict, max_epochs: int) -> dict:
+    """The optional parameters of a training trigger, checked; a clear error otherwise. Each is
+    bounded: epochs from 1 to ``max_epochs`` (TRAIN_MAX_EPOCHS), the names from their registries."""
     for key, value in params.items():
         if key not in TRAIN_PARAMS:
             raise ValueError(f"unknown training parameter {key!r}; known: {sorted(TRAIN_PARAMS)}")
@@ -65,6 +66,8 @@ def check_train_params(params: dict) -> dict:
             raise ValueError(f"training parameter {key!r} must be a {kind.__name__}, got {value!r}")
     if params.get("epochs", 1) < 1:
         raise ValueError("training parameter 'epochs' must be at least 1")
+    if params.get("epochs", 1) > max_epochs:
+        raise ValueError(f"training parameter 'epochs' must be at most {max_epochs} (TRAIN_MAX_EPOCHS)")
     if params.get("strategy", "entropy") not in SCORERS:
         raise ValueError(f"unknown strategy {params['strategy']!r}; choose one of {sorted(SCORERS)}")
     if params.get("aggregation", "mean") not in AGGREGATIONS:

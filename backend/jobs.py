@@ -6,6 +6,10 @@ parallel, not even across processes sharing the state directory (replicas): a wo
 job in one SQLite transaction and only when no job runs. The running job's owner beats a
 heartbeat; a job whose owner died (SIGKILL, a lost machine) is failed with a reason and can be
 triggered again.
+
+Limits: at most ``max_queued`` jobs wait across projects (a trigger beyond it gets QueueFull),
+and the ``history_max`` newest finished jobs are kept (older rows are deleted as a job ends).
+A queued job can be cancelled at once; a running one stops at its next progress report.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from .store import Job, Store
+from .store import FINISHED_STATES, Job, Store
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,13 @@ INTERRUPTED = "the backend process stopped while this job ran; trigger training 
 HEARTBEAT_S = 5.0
 LEASE_S = 60.0  # a running job without a heartbeat for this long lost its owner
 POLL_S = 2.0  # how often an idle worker looks for jobs queued by another process
+CANCELLED = "cancelled on request (POST /jobs/<id>/cancel)"
+CANCELLED_QUEUED = "cancelled on request (POST /jobs/<id>/cancel) before it started"
+
+
+class JobCancelled(BaseException):
+    """Raised by a job's progress report once the job was asked to stop. A BaseException (like
+    asyncio.CancelledError), so the work's ``except Exception`` blocks do not swallow it."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -42,10 +53,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 class JobRunner:
-    def __init__(self, store: Store, work: Work, lease_s: float = LEASE_S):
+    def __init__(
+        self,
+        store: Store,
+        work: Work,
+        lease_s: float = LEASE_S,
+        max_queued: int | None = None,
+        history_max: int | None = None,
+    ):
         self.store = store
         self.work = work
         self.lease_s = lease_s
+        self.max_queued = max_queued  # None: no bound
+        self.history_max = history_max  # None: every finished job kept
         self.host = socket.gethostname()
         # host:pid:token; the token tells this process from an earlier one with the same pid
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -70,10 +90,25 @@ class JobRunner:
 
     def submit(self, project_id: int, params: dict, trigger: str) -> tuple[Job, bool]:
         """(the job that will do the work, whether the trigger joined an existing one)."""
-        job, joined = self.store.submit_job(project_id, params, trigger)
+        job, joined = self.store.submit_job(project_id, params, trigger, self.max_queued)
         self.start()
         self._wake.set()
         return job, joined
+
+    def cancel(self, job_id: str) -> tuple[Job | None, bool]:
+        """(the job, whether it was queued or running): see Store.cancel_job."""
+        job, changed = self.store.cancel_job(job_id, CANCELLED_QUEUED)
+        if changed and job.state == "cancelled":
+            self._prune()
+        return job, changed
+
+    def _prune(self) -> None:
+        if self.history_max is None:
+            return
+        try:
+            self.store.prune_jobs(self.history_max)
+        except Exception:  # old rows stay until the next job ends; the worker goes on
+            log.exception("cannot prune finished jobs")
 
     def start(self) -> None:
         with self._lock:
@@ -96,6 +131,8 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         def report(progress: float, stage: str) -> None:
+            if self.store.cancel_requested(job.id):
+                raise JobCancelled(CANCELLED)
             self.store.update_job(job.id, progress=round(min(max(progress, 0.0), 1.0), 4), stage=stage)
 
         done = threading.Event()
@@ -106,25 +143,24 @@ class JobRunner:
 
         threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True).start()
         try:
-            version = self.work(job, report)
+            outcome = {"state": "done", "stage": "done", "progress": 1.0, "version": self.work(job, report)}
+        except JobCancelled as stop:  # the stage it reached stays, to say where it stopped
+            log.info("job %s for project %s cancelled", job.id, job.project_id)
+            outcome = {"state": "cancelled", "error": str(stop)}
         except Exception as error:  # the job fails, the service keeps serving
             log.exception("job %s for project %s failed", job.id, job.project_id)
-            self.store.update_job(
-                job.id, state="failed", error=f"{type(error).__name__}: {error}", finished_at=time.time()
-            )
-            return
+            outcome = {"state": "failed", "error": f"{type(error).__name__}: {error}"}
         finally:
             done.set()
-        self.store.update_job(
-            job.id, state="done", stage="done", progress=1.0, version=version, finished_at=time.time()
-        )
+        self.store.update_job(job.id, finished_at=time.time(), **outcome)
+        self._prune()
 
     def wait(self, job_id: str, timeout: float) -> Job:
         """Block until the job has finished (for the CLI and tests)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.store.job(job_id)
-            if job.state in ("done", "failed"):
+            if job.state in FINISHED_STATES:
                 return job
             time.sleep(0.2)
         raise TimeoutError(f"job {job_id} still {self.store.job(job_id).state} after {timeout} s")

@@ -14,6 +14,7 @@ from .store import JOB_STATES
 
 # SQLite's INTEGER range: project and task ids beyond it are refused with 400.
 MAX_ID = 2**63 - 1
+JOBS_PAGE, JOBS_PAGE_MAX = 50, 500  # GET /jobs: jobs per page by default, and at most
 
 JSON = "application/json"
 
@@ -44,6 +45,7 @@ ERROR_RESPONSES = {
     "404": "NotFound",
     "409": "Conflict",
     "413": "TooLarge",
+    "429": "QueueFull",
 }
 
 STRING = {"type": "string"}
@@ -112,18 +114,6 @@ SCHEMAS = {
         },
         ("model_version", "score", "result"),
     ),
-    "TrainParams": _object(
-        {
-            "from_scratch": {
-                "type": "boolean",
-                "description": "Train from the pretrained backbone, not the active version.",
-            },
-            "epochs": {"type": "integer", "minimum": 1},
-            "strategy": {"type": "string", "enum": sorted(SCORERS)},
-            "aggregation": {**STRING, "description": f"Box -> image aggregation: one of {', '.join(AGGREGATIONS)}."},
-        },
-        additionalProperties=False,
-    ),
     "Job": _object(
         {
             "id": STRING,
@@ -142,6 +132,10 @@ SCHEMAS = {
                 "type": "array",
                 "description": "Tasks the run left out (an image it could not read or the model cannot take), and why.",
                 "items": _object({"task": {"type": "integer"}, "reason": STRING}, ("task", "reason")),
+            },
+            "cancel_requested": {
+                "type": "boolean",
+                "description": "POST /jobs/{job_id}/cancel asked the running job to stop (at its next progress report).",
             },
         },
         ("id", "project_id", "state", "stage", "progress", "params", "trigger", "error", "version", "created_at"),
@@ -167,7 +161,28 @@ RESPONSES = {
     "NotFound": _json(_ref("Error"), "No such resource (or no route for this URL)."),
     "Conflict": _json(_ref("Error"), "The model version exists but cannot be loaded; the active one stays."),
     "TooLarge": _json(_ref("Error"), "The body is over MAX_REQUEST_BYTES."),
+    "QueueFull": _json(_ref("Error"), "MAX_QUEUED_JOBS jobs are queued across projects; try again once some have run."),
 }
+
+
+def _train_params(max_epochs: int) -> dict:
+    return _object(
+        {
+            "from_scratch": {
+                "type": "boolean",
+                "description": "Train from the pretrained backbone, not the active version.",
+            },
+            "epochs": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": max_epochs,
+                "description": "Most epochs of this run; at most TRAIN_MAX_EPOCHS.",
+            },
+            "strategy": {"type": "string", "enum": sorted(SCORERS)},
+            "aggregation": {**STRING, "description": f"Box -> image aggregation: one of {', '.join(AGGREGATIONS)}."},
+        },
+        additionalProperties=False,
+    )
 
 
 def _body(schema: dict, required: bool = True) -> dict:
@@ -197,6 +212,7 @@ def _health(operation_id: str, summary: str, open_: bool) -> dict:
 
 def _paths(settings: Settings | None) -> dict:
     threshold = settings.train_min_new_annotations if settings else "TRAIN_MIN_NEW_ANNOTATIONS"
+    max_tasks = settings.max_tasks_per_request if settings else "MAX_TASKS_PER_REQUEST"
     project_query = _query("project", PROJECT_STRING, 'A project id (or "<id>.<timestamp>"); absent: every project.')
     job_status_200 = _json(
         {
@@ -261,7 +277,12 @@ def _paths(settings: Settings | None) -> dict:
                         _object({"results": {"type": "array", "items": _ref("Prediction")}}, ("results",)),
                         "One prediction per task.",
                     ),
-                    **_errors("400", "401", "413"),
+                    **_errors("400", "401"),
+                    "413": _json(
+                        _ref("Error"),
+                        f"The body is over MAX_REQUEST_BYTES, or holds more than {max_tasks} tasks "
+                        "(MAX_TASKS_PER_REQUEST); send fewer per call.",
+                    ),
                 },
             }
         },
@@ -272,7 +293,7 @@ def _paths(settings: Settings | None) -> dict:
                 "requestBody": _body(
                     _object({"project": _ref("ProjectRef"), "params": _ref("TrainParams")}, ("project",))
                 ),
-                "responses": {"201": _json(_ref("TrainQueued"), "Queued."), **_errors("400", "401", "413")},
+                "responses": {"201": _json(_ref("TrainQueued"), "Queued."), **_errors("400", "401", "413", "429")},
             }
         },
         "/webhook": {
@@ -318,17 +339,40 @@ def _paths(settings: Settings | None) -> dict:
                         "Ignored, or counted towards the next training run.",
                     ),
                     "201": _json(_ref("TrainQueued"), "A training cycle was queued."),
-                    **_errors("400", "401", "413"),
+                    **_errors("400", "401", "413", "429"),
                 },
             }
         },
         "/jobs": {
             "get": {
                 "operationId": "listJobs",
-                "summary": "Training jobs, oldest first.",
-                "parameters": [project_query],
+                "summary": "Training jobs, a page at a time, oldest first (by created_at).",
+                "parameters": [
+                    project_query,
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": JOBS_PAGE_MAX},
+                        f"Jobs in this page (default {JOBS_PAGE}, at most {JOBS_PAGE_MAX}).",
+                    ),
+                    _query(
+                        "offset",
+                        {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+                        "Jobs skipped before this page (default 0); 'total' - 'limit' gives the newest page.",
+                    ),
+                ],
                 "responses": {
-                    "200": _json(_object({"jobs": {"type": "array", "items": _ref("Job")}}, ("jobs",)), "The jobs."),
+                    "200": _json(
+                        _object(
+                            {
+                                "jobs": {"type": "array", "items": _ref("Job")},
+                                "total": {"type": "integer", "description": "Jobs matching, over all pages."},
+                                "limit": {"type": "integer"},
+                                "offset": {"type": "integer"},
+                            },
+                            ("jobs", "total", "limit", "offset"),
+                        ),
+                        "One page of the jobs.",
+                    ),
                     **_errors("400", "401"),
                 },
             }
@@ -339,6 +383,21 @@ def _paths(settings: Settings | None) -> dict:
                 "summary": "One training job.",
                 "parameters": [_path("job_id", STRING)],
                 "responses": {"200": _json(_ref("Job"), "The job."), **_errors("401", "404")},
+            }
+        },
+        "/jobs/{job_id}/cancel": {
+            "post": {
+                "operationId": "cancelJob",
+                "summary": (
+                    "Cancel a job: a queued one at once (state 'cancelled'); a running one is asked to stop "
+                    "('cancel_requested'), and is 'cancelled' from its next progress report."
+                ),
+                "parameters": [_path("job_id", STRING)],
+                "responses": {
+                    "200": _json(_ref("Job"), "The job, cancelled or asked to stop."),
+                    **_errors("401", "404"),
+                    "409": _json(_ref("Error"), "The job has finished (done, failed or cancelled)."),
+                },
             }
         },
         "/job_status": {
@@ -439,6 +498,7 @@ def _paths(settings: Settings | None) -> dict:
 def openapi_document(settings: Settings | None = None) -> dict:
     """The OpenAPI 3.0 document; with ``settings``, basic auth is required only when configured."""
     auth_on = settings is None or bool(settings.basic_auth_user)
+    max_epochs = settings.train_max_epochs if settings else Settings.train_max_epochs
     return {
         "openapi": "3.0.3",
         "info": {
@@ -454,7 +514,7 @@ def openapi_document(settings: Settings | None = None) -> dict:
         "paths": _paths(settings),
         "components": {
             "securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic"}},
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, "TrainParams": _train_params(max_epochs)},  # its bound is a setting
             "responses": RESPONSES,
         },
     }

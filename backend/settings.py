@@ -31,6 +31,24 @@ class Settings:
     log_level: str = field(default="INFO", metadata=_doc("Python logging level."))
     server_threads: int = field(default=8, metadata=_doc("Request threads of the single server process."))
     max_request_bytes: int = field(default=32 * 2**20, metadata=_doc("Largest accepted request body (bytes)."))
+    max_tasks_per_request: int = field(
+        default=1000,
+        metadata=_doc(
+            "Most tasks in one /predict call (Label Studio sends every selected task in one call and waits "
+            "100 s); more gets a 413 naming the limit."
+        ),
+    )
+    max_queued_jobs: int = field(
+        default=100,
+        metadata=_doc(
+            "Most training jobs queued across projects; a trigger that would queue one more gets a 429 "
+            "(joining a project's queued job still works)."
+        ),
+    )
+    job_history_max: int = field(
+        default=1000,
+        metadata=_doc("Finished (done, failed, cancelled) job rows kept; older ones are deleted as a job ends."),
+    )
     basic_auth_user: str = field(
         default="", metadata=_doc("With BASIC_AUTH_PASS: HTTP Basic auth on every endpoint but /health.")
     )
@@ -112,6 +130,9 @@ class Settings:
     )
     train_epochs: int = field(
         default=12, metadata=_doc("Most epochs of a training run (early stopping may end it sooner).")
+    )
+    train_max_epochs: int = field(
+        default=100, metadata=_doc("Most `epochs` a /train request may ask for; more gets a 400 naming the limit.")
     )
     train_batch_size: int = field(default=4, metadata=_doc("Images per training step."))
     train_lr: float = field(default=0.001, metadata=_doc("AdamW learning rate."))

@@ -15,6 +15,26 @@ from pathlib import Path
 
 from al_core.types import Certainty
 
+# project_id NULL: scores of a /predict call that named no project.
+TASK_SCORES = """
+CREATE TABLE IF NOT EXISTS task_scores (
+    project_id INTEGER,
+    task_id INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    scorer TEXT NOT NULL,
+    informativeness REAL NOT NULL,
+    normalized REAL NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+# One row per key, "no project" included: SQLite NULLs never collide in a key, so NULL is
+# keyed as -1 (project ids are 0 and up).
+TASK_SCORES_KEY = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS task_scores_key "
+    "ON task_scores (COALESCE(project_id, -1), task_id, model_version, scorer)"
+)
+TASK_SCORE_COLUMNS = "project_id, task_id, model_version, scorer, informativeness, normalized, created_at"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
     project_id INTEGER PRIMARY KEY,
@@ -23,16 +43,6 @@ CREATE TABLE IF NOT EXISTS projects (
     certainty TEXT,
     new_annotations INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS task_scores (
-    project_id INTEGER,
-    task_id INTEGER NOT NULL,
-    model_version TEXT NOT NULL,
-    scorer TEXT NOT NULL,
-    informativeness REAL NOT NULL,
-    normalized REAL NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (project_id, task_id, model_version, scorer)
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -49,7 +59,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     owner TEXT,
     heartbeat_at REAL,
-    skipped TEXT NOT NULL DEFAULT '[]'
+    skipped TEXT NOT NULL DEFAULT '[]',
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS versions (
     name TEXT PRIMARY KEY,
@@ -73,7 +84,8 @@ CREATE TABLE IF NOT EXISTS cycles (
 );
 """
 
-JOB_STATES = ("queued", "running", "done", "failed")
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED_STATES = ("done", "failed", "cancelled")
 GoneCheck = Callable[[str | None, float | None], bool]  # (owner, heartbeat_at) -> the owner is dead
 
 
@@ -101,6 +113,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     skipped: list = field(default_factory=list)  # {"task": id, "reason": why} per task left out
+    cancel_requested: bool = False  # POST /jobs/<id>/cancel asked the running job to stop
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,21 +142,77 @@ class Cycle:
     created_at: float
 
 
+class QueueFull(RuntimeError):
+    """As many jobs are queued as the bound allows; the message says which bound."""
+
+
+def _migrate_task_scores(db: sqlite3.Connection) -> None:
+    """Older builds keyed task_scores by a PRIMARY KEY over the nullable project_id, where NULLs
+    never collide: every /predict without a project added rows. Rebuilt keeping the newest row
+    per key."""
+    key_columns = [row[1] for row in db.execute("PRAGMA table_info(task_scores)") if row[5]]
+    if key_columns:
+        db.execute("ALTER TABLE task_scores RENAME TO task_scores_old")
+        db.execute(TASK_SCORES)
+        db.execute(TASK_SCORES_KEY)
+        db.execute(
+            f"INSERT OR REPLACE INTO task_scores ({TASK_SCORE_COLUMNS}) "
+            f"SELECT {TASK_SCORE_COLUMNS} FROM task_scores_old ORDER BY created_at"
+        )
+        db.execute("DROP TABLE task_scores_old")
+    db.execute(TASK_SCORES_KEY)
+
+
+def _check_queue(db: sqlite3.Connection, max_queued: int | None) -> None:
+    if max_queued is None:
+        return
+    queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+    if queued >= max_queued:
+        raise QueueFull(
+            f"{queued} training jobs are queued, the most MAX_QUEUED_JOBS ({max_queued}) allows; "
+            "try again once some have run"
+        )
+
+
+def _job_filter(project_id: int | None, state: str | None) -> tuple[str, tuple]:
+    clauses, args = [], []
+    if project_id is not None:
+        clauses.append("project_id = ?")
+        args.append(project_id)
+    if state is not None:
+        clauses.append("state = ?")
+        args.append(state)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(args)
+
+
+def _job(row: dict) -> Job:
+    """A Job from its row, by column name; JSON and flag columns decoded."""
+    row.update(
+        params=json.loads(row["params"]),
+        skipped=json.loads(row["skipped"]),
+        cancel_requested=bool(row["cancel_requested"]),
+    )
+    return Job(**row)
+
+
 class Store:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+            db.executescript(SCHEMA + ";" + TASK_SCORES)
             for table, column, kind in (  # state written by older builds
                 ("jobs", "owner", "TEXT"),
                 ("jobs", "heartbeat_at", "REAL"),
                 ("projects", "certainty", "TEXT"),
                 ("jobs", "skipped", "TEXT NOT NULL DEFAULT '[]'"),
+                ("jobs", "cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
             ):
                 if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        with self._transaction() as db:  # a write lock: two processes opening an old file migrate once
+            _migrate_task_scores(db)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -223,7 +292,9 @@ class Store:
             (project_id, s.task_id, s.model_version, s.scorer, s.informativeness, s.normalized, now) for s in scores
         ]
         with self._connect() as db:
-            db.executemany("INSERT OR REPLACE INTO task_scores VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                f"INSERT OR REPLACE INTO task_scores ({TASK_SCORE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
 
     def task_scores(self, project_id: int | None, model_version: str | None = None) -> list[TaskScore]:
         query = (
@@ -237,9 +308,12 @@ class Store:
         return [TaskScore(*row) for row in rows]
 
     # jobs
-    def submit_job(self, project_id: int, params: dict, trigger: str) -> tuple[Job, bool]:
+    def submit_job(
+        self, project_id: int, params: dict, trigger: str, max_queued: int | None = None
+    ) -> tuple[Job, bool]:
         """(the job that will do the work, whether the trigger joined the project's queued job).
-        One transaction, so two processes sharing the state never queue two runs."""
+        One transaction, so two processes sharing the state never queue two runs, nor more than
+        ``max_queued`` jobs across projects (QueueFull then; joining a queued job always works)."""
         with self._transaction() as db:
             row = db.execute(
                 "SELECT id, params FROM jobs WHERE project_id = ? AND state = 'queued' ORDER BY created_at LIMIT 1",
@@ -253,6 +327,7 @@ class Store:
                     )
                 job_id, joined = row[0], True
             else:
+                _check_queue(db, max_queued)
                 job_id, joined = uuid.uuid4().hex[:12], False
                 db.execute(
                     "INSERT INTO jobs (id, project_id, state, stage, params, trigger, created_at) "
@@ -303,6 +378,40 @@ class Store:
             )
         return self.job(row[0])
 
+    def cancel_job(self, job_id: str, reason: str) -> tuple[Job | None, bool]:
+        """(the job, whether it was queued or running): a queued job is cancelled at once, with
+        ``reason``; a running one gets its cancel flag, which its worker reads at its next
+        progress report. A finished job is left as it is."""
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None, False
+            if row[0] == "queued":
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', stage = 'cancelled', error = ?, finished_at = ? WHERE id = ?",
+                    (reason, time.time(), job_id),
+                )
+            elif row[0] == "running":
+                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        return self.job(job_id), row[0] in ("queued", "running")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._connect() as db:
+            row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def prune_jobs(self, keep: int) -> int:
+        """Deletes finished (done, failed, cancelled) job rows but the ``keep`` newest; returns
+        how many went. Queued and running jobs are never touched."""
+        finished = ", ".join(f"'{state}'" for state in FINISHED_STATES)
+        with self._connect() as db:
+            return db.execute(
+                f"DELETE FROM jobs WHERE state IN ({finished}) AND id NOT IN ("
+                f"SELECT id FROM jobs WHERE state IN ({finished}) "
+                "ORDER BY finished_at DESC, created_at DESC LIMIT ?)",
+                (max(keep, 0),),
+            ).rowcount
+
     def update_job(self, job_id: str, **fields) -> None:
         for key in ("params", "skipped"):
             if key in fields:
@@ -315,22 +424,23 @@ class Store:
         jobs = self._jobs("WHERE id = ?", (job_id,))
         return jobs[0] if jobs else None
 
-    def jobs(self, project_id: int | None = None, state: str | None = None) -> list[Job]:
-        clauses, args = [], []
-        if project_id is not None:
-            clauses.append("project_id = ?")
-            args.append(project_id)
-        if state is not None:
-            clauses.append("state = ?")
-            args.append(state)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        return self._jobs(where + " ORDER BY created_at", tuple(args))
+    def jobs(
+        self, project_id: int | None = None, state: str | None = None, limit: int = -1, offset: int = 0
+    ) -> list[Job]:
+        """Jobs oldest first (by created_at); ``limit`` -1: all from ``offset`` on."""
+        where, args = _job_filter(project_id, state)
+        return self._jobs(where + " ORDER BY created_at, rowid LIMIT ? OFFSET ?", (*args, limit, offset))
+
+    def count_jobs(self, project_id: int | None = None, state: str | None = None) -> int:
+        where, args = _job_filter(project_id, state)
+        with self._connect() as db:
+            return db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
 
     def _jobs(self, where: str, args: tuple) -> list[Job]:
-        columns = ", ".join(f.name for f in fields(Job))
+        names = [f.name for f in fields(Job)]
         with self._connect() as db:
-            rows = db.execute(f"SELECT {columns} FROM jobs {where}", args).fetchall()
-        return [Job(*row[:5], json.loads(row[5]), *row[6:-1], json.loads(row[-1])) for row in rows]
+            rows = db.execute(f"SELECT {', '.join(names)} FROM jobs {where}", args).fetchall()
+        return [_job(dict(zip(names, row))) for row in rows]
 
     # versions
     def add_version(self, name: str, project_id: int, path: str, metrics: dict) -> None:

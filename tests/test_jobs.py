@@ -137,3 +137,168 @@ def test_a_restart_fails_running_jobs_and_keeps_queued_ones(tmp_path):
     assert store.job(running.id).state == "failed" and store.job(running.id).error == INTERRUPTED
     runner.start()
     assert runner.wait(queued.id, 10).state == "done" and ran == [queued.id]
+
+
+class Reporting:
+    """Work that reports progress every 20 ms until released (or cancelled through report)."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.ran: list[str] = []
+
+    def __call__(self, job, report):
+        self.ran.append(job.id)
+        self.started.set()
+        step = 0
+        while not self.release.wait(0.02):
+            step += 1
+            report(min(step / 1000, 0.9), f"training: step {step}")
+        return f"p{job.project_id}-v{len(self.ran)}"
+
+
+@pytest.fixture
+def reporting_client(make_client):
+    client = make_client()
+    work = Reporting()
+    client.application.extensions["jobs"].work = work
+    return client, work
+
+
+def test_cancel_a_queued_job_at_once_and_a_running_one_at_its_next_report(reporting_client):
+    client, work = reporting_client
+    running = client.post("/train", json={"project": 1}).get_json()["job_id"]
+    assert work.started.wait(5)
+    queued = client.post("/train", json={"project": 2}).get_json()["job_id"]
+    answer = client.post(f"/jobs/{queued}/cancel")
+    assert answer.status_code == 200 and answer.get_json()["state"] == "cancelled"
+    assert "before it started" in answer.get_json()["error"]
+    while client.get(f"/jobs/{running}").get_json()["progress"] == 0:  # it has reported once
+        time.sleep(0.01)
+    answer = client.post(f"/jobs/{running}/cancel")
+    assert answer.status_code == 200 and answer.get_json()["cancel_requested"] is True
+    stopped = wait_state(client, running, states=("cancelled", "done", "failed"))
+    assert stopped["state"] == "cancelled" and "cancelled on request" in stopped["error"]
+    assert stopped["stage"].startswith("training: step") and stopped["finished_at"]
+    assert client.get(f"/job_status?job={running}").get_json()["job_status"] == "cancelled"
+    # The worker lives on: the next job runs, and the cancelled queued one never ran.
+    work.release.set()
+    after = client.post("/train", json={"project": 3}).get_json()["job_id"]
+    assert wait_state(client, after, states=("done", "failed", "cancelled"))["state"] == "done"
+    assert queued not in work.ran and client.application.extensions["jobs"].wait(running, 1).state == "cancelled"
+
+
+def test_cancel_a_finished_or_unknown_job(reporting_client):
+    client, work = reporting_client
+    work.release.set()
+    job_id = client.post("/train", json={"project": 1}).get_json()["job_id"]
+    assert wait_state(client, job_id)["state"] == "done"
+    answer = client.post(f"/jobs/{job_id}/cancel")
+    assert answer.status_code == 409 and "has finished (done)" in answer.get_json()["error"]
+    assert client.get(f"/jobs/{job_id}").get_json()["state"] == "done"
+    answer = client.post("/jobs/nope/cancel")
+    assert answer.status_code == 404 and "no job" in answer.get_json()["error"]
+
+
+def test_jobs_come_in_pages_oldest_first_with_the_total(make_client):
+    client = make_client()
+    store = client.application.extensions["store"]
+    ids = [store.submit_job(project, {}, "test")[0].id for project in range(7)]
+    for job_id in ids:  # finished, so the worker leaves them alone
+        store.update_job(job_id, state="done")
+    first = client.get("/jobs?limit=3").get_json()
+    assert [j["id"] for j in first["jobs"]] == ids[:3] and first["total"] == 7
+    assert (first["limit"], first["offset"]) == (3, 0)
+    last = client.get("/jobs?limit=3&offset=6").get_json()
+    assert [j["id"] for j in last["jobs"]] == ids[6:] and last["total"] == 7
+    assert client.get("/jobs?offset=99").get_json() == {"jobs": [], "total": 7, "limit": 50, "offset": 99}
+    one_project = client.get("/jobs?project=4").get_json()
+    assert [j["id"] for j in one_project["jobs"]] == [ids[4]] and one_project["total"] == 1
+
+
+def test_jobs_page_default_and_most(make_client):
+    client = make_client()
+    store = client.application.extensions["store"]
+    for project in range(501):
+        store.update_job(store.submit_job(project, {}, "test")[0].id, state="failed")
+    assert len(client.get("/jobs").get_json()["jobs"]) == 50
+    most = client.get("/jobs?limit=500").get_json()
+    assert len(most["jobs"]) == 500 and most["total"] == 501
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("limit=0", "'limit' must be an integer from 1 to 500"),
+        ("limit=501", "'limit' must be an integer from 1 to 500"),
+        ("limit=ten", "'limit' must be an integer"),
+        ("limit=", "'limit' must be an integer"),
+        ("limit=-1", "'limit' must be an integer"),
+        ("limit=%C2%B2", "'limit' must be an integer"),
+        ("offset=-1", "'offset' must be an integer from 0"),
+        ("offset=" + "9" * 30, "'offset' must be an integer from 0"),
+    ],
+)
+def test_bad_job_pages(make_client, query, message):
+    answer = make_client().get(f"/jobs?{query}")
+    assert answer.status_code == 400 and message in answer.get_json()["error"]
+
+
+def test_the_queue_is_bounded_across_projects_and_joining_still_works(make_client):
+    client = make_client(max_queued_jobs=2)
+    gate = Gate()
+    client.application.extensions["jobs"].work = gate
+    running = client.post("/train", json={"project": 1}).get_json()["job_id"]
+    assert gate.started.wait(5)
+    queued = [client.post("/train", json={"project": p}) for p in (2, 3)]
+    assert [a.status_code for a in queued] == [201, 201]
+    refused = client.post("/train", json={"project": 4})
+    assert refused.status_code == 429 and "MAX_QUEUED_JOBS (2)" in refused.get_json()["error"]
+    webhook = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 5}})
+    assert webhook.status_code == 429
+    joined = client.post("/train", json={"project": 2, "params": {"epochs": 2}})
+    assert joined.status_code == 201 and joined.get_json()["status"].startswith("coalesced")
+    gate.release.set()
+    for job_id in [running] + [a.get_json()["job_id"] for a in queued]:
+        assert wait_state(client, job_id)["state"] == "done"
+    assert client.post("/train", json={"project": 4}).status_code == 201
+    assert {j["project_id"] for j in client.get("/jobs").get_json()["jobs"]} == {1, 2, 3, 4}
+
+
+def test_finished_job_rows_beyond_the_history_bound_are_deleted(make_client):
+    client = make_client(job_history_max=2)
+    gate = Gate()
+    gate.release.set()
+    client.application.extensions["jobs"].work = gate
+    ids = []
+    for project in range(4):
+        ids.append(client.post("/train", json={"project": project}).get_json()["job_id"])
+        wait_state(client, ids[-1])
+    listed = client.get("/jobs").get_json()
+    assert [j["id"] for j in listed["jobs"]] == ids[2:] and listed["total"] == 2
+    assert client.get(f"/jobs/{ids[0]}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "params, status, message",
+    [
+        ({"epochs": 100}, 201, ""),
+        ({"epochs": 101}, 400, "at most 100 (TRAIN_MAX_EPOCHS)"),
+        ({"epochs": 10**12}, 400, "at most 100"),
+        ({"strategy": "x" * 10_000}, 400, "unknown strategy"),
+        ({"aggregation": "max", "strategy": "entropy", "from_scratch": True}, 201, ""),
+    ],
+)
+def test_training_params_are_bounded(make_client, params, status, message):
+    client = make_client()
+    client.application.extensions["jobs"].work = lambda job, report: "v"
+    answer = client.post("/train", json={"project": 1, "params": params})
+    assert answer.status_code == status and message in answer.get_data(as_text=True)
+
+
+def test_the_epochs_bound_is_a_setting(make_client):
+    client = make_client(train_max_epochs=5)
+    client.application.extensions["jobs"].work = lambda job, report: "v"
+    assert client.post("/train", json={"project": 1, "params": {"epochs": 5}}).status_code == 201
+    answer = client.post("/train", json={"project": 1, "params": {"epochs": 6}})
+    assert answer.status_code == 400 and "at most 5 (TRAIN_MAX_EPOCHS)" in answer.get_json()["error"]

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from collections import Counter, defaultdict
 from importlib.metadata import version
@@ -57,6 +58,7 @@ FUZZED = {
     ("POST", "/train"),
     ("GET", "/jobs"),
     ("GET", "/jobs/{job_id}"),
+    ("POST", "/jobs/{job_id}/cancel"),
     ("GET", "/job_status"),
     ("POST", "/job_status"),
     ("GET", "/versions"),
@@ -184,6 +186,52 @@ def test_real_answers_match_the_documented_schemas(client, image_server, shapes)
     call("GET", "/openapi.json", status=200)
     too_large = client.application.config["MAX_CONTENT_LENGTH"] + 1
     call("POST", "/setup", status=413, data=b"x" * too_large, content_type="application/json")
+    check_limits_and_cancel(client, call)
+
+
+def check_limits_and_cancel(client, call) -> None:
+    """The answers of the work limits and of cancellation, against their schemas."""
+    page = call("GET", "/jobs", "/jobs?limit=1&offset=1", status=200).get_json()
+    assert len(page["jobs"]) == 1 and page["total"] >= 2 and (page["limit"], page["offset"]) == (1, 1)
+    call("GET", "/jobs", "/jobs?limit=501", status=400)
+    call("GET", "/jobs", "/jobs?offset=-1", status=400)
+    call("POST", "/train", status=400, json={"project": 5, "params": {"epochs": 101}})
+    many = [{"id": i, "data": {}} for i in range(1001)]
+    call("POST", "/predict", status=413, json={"tasks": many, "label_config": SHAPES_CONFIG})
+    jobs = client.application.extensions["jobs"]
+    jobs.max_queued = 0  # a full queue
+    try:
+        call("POST", "/train", status=429, json={"project": 8})
+        call("POST", "/webhook", status=429, json={"action": "START_TRAINING", "project": 8})
+    finally:
+        jobs.max_queued = 100
+    release = threading.Event()
+
+    def work(job, report):  # reports until released or cancelled
+        while not release.wait(0.02):
+            report(0.5, "training")
+
+    for job in client.application.extensions["store"].jobs():  # the earlier ones ran the real cycle
+        jobs.wait(job.id, timeout=30)
+    jobs.work = work
+    try:
+        running = call("POST", "/train", status=201, json={"project": 9}).get_json()["job_id"]
+        queued = call("POST", "/train", status=201, json={"project": 10}).get_json()["job_id"]
+        deadline = time.monotonic() + 10
+        while client.application.extensions["store"].job(running).state != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answer = call("POST", "/jobs/{job_id}/cancel", f"/jobs/{queued}/cancel", status=200).get_json()
+        assert answer["state"] == "cancelled"
+        answer = call("POST", "/jobs/{job_id}/cancel", f"/jobs/{running}/cancel", status=200).get_json()
+        assert answer["cancel_requested"] is True
+        assert jobs.wait(running, timeout=10).state == "cancelled"
+        call("GET", "/jobs/{job_id}", f"/jobs/{running}", status=200)
+        call("GET", "/job_status", f"/job_status?job={running}", status=200)
+        call("POST", "/jobs/{job_id}/cancel", f"/jobs/{running}/cancel", status=409)
+        call("POST", "/jobs/{job_id}/cancel", "/jobs/nope/cancel", status=404)
+        call("POST", "/jobs/{job_id}/cancel", f"/jobs/{running}/cancel", status=401, auth=False)
+    finally:
+        release.set()
 
 
 class Tally:
@@ -280,7 +328,7 @@ def test_fuzz_every_endpoint_against_the_document(make_client, image_server, sha
                 tasks[0]["data"] = {"picture": data.draw(st.sampled_from(pictures))}
         elif path == "/webhook" and body is not None:
             body["action"] = data.draw(st.sampled_from(["START_TRAINING", "ANNOTATION_CREATED", "ANNOTATIONS_DELETED"]))
-        elif path == "/jobs/{job_id}":
+        elif path in ("/jobs/{job_id}", "/jobs/{job_id}/cancel"):  # failed jobs: cancel answers 409
             case.path_parameters["job_id"] = data.draw(st.sampled_from(job_ids))
         elif path == "/job_status" and body is not None:
             body["job"] = data.draw(st.sampled_from(job_ids))

@@ -186,3 +186,23 @@ def test_tasks_run_through_the_model_in_batches(make_client, image_server, shape
     assert [r["model_version"] for r in results] == ["cpu_preset-backbone-untrained"] * 6
     # Batches of at most two images; the broken task never reaches the model.
     assert sum(batches) == 5 and max(batches) <= 2
+
+
+def test_predict_refuses_more_tasks_than_the_limit(make_client, image_server, shapes):
+    client = make_client(max_tasks_per_request=2)
+    tasks = [{"id": i, "data": {}} for i in range(3)]
+    answer = client.post("/predict", json={"tasks": tasks, "label_config": SHAPES_CONFIG})
+    assert answer.status_code == 413
+    error = answer.get_json()["error"]
+    assert "3 tasks" in error and "at most 2 (MAX_TASKS_PER_REQUEST)" in error
+    answer = client.post("/predict", json={"tasks": tasks[:2], "label_config": SHAPES_CONFIG})
+    assert answer.status_code == 200 and len(answer.get_json()["results"]) == 2
+
+
+def test_the_default_task_limit_is_1000(make_client):
+    from backend.settings import Settings
+
+    assert Settings().max_tasks_per_request == 1000
+    tasks = [{"id": i, "data": {}} for i in range(1001)]
+    answer = make_client().post("/predict", json={"tasks": tasks, "label_config": SHAPES_CONFIG})
+    assert answer.status_code == 413 and "at most 1000" in answer.get_json()["error"]
