@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +51,11 @@ class Detections:
             box_features=None if self.box_features is None else self.box_features[keep],
             predicted_loss=self.predicted_loss,
         )
+
+    def scaled(self, size: tuple[int, int]) -> Detections:
+        """The same detections on the image resized to ``size`` (width, height): boxes scaled."""
+        x, y = size[0] / self.image_size[0], size[1] / self.image_size[1]
+        return dataclasses.replace(self, boxes=self.boxes * torch.tensor([x, y, x, y]), image_size=size)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 
 from PIL import Image
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 class _Loaded:
     index: int
     task_id: int | None
-    image: Image.Image | None = None
+    image: Image.Image | None = None  # shrunk towards the model's input size
+    original_size: tuple[int, int] = (0, 0)  # the full image's (width, height), as shown
     error: str | None = None
 
 
@@ -66,12 +68,14 @@ class Predictor:
         results: list[dict] = [{} for _ in tasks]
         scores: list[TaskScore] = []
         queued = iter(enumerate(tasks))
-        loading: deque[Future] = deque(self.pool.submit(self._load, i, t, config) for i, t in islice(queued, window))
+        loading: deque[Future] = deque(
+            self.pool.submit(self._load, i, t, config, detector) for i, t in islice(queued, window)
+        )
         inferring: deque[tuple[_Loaded, Future]] = deque()
         while loading or inferring:
             if loading and len(inferring) < window:
                 item = loading.popleft().result()
-                loading.extend(self.pool.submit(self._load, i, t, config) for i, t in islice(queued, 1))
+                loading.extend(self.pool.submit(self._load, i, t, config, detector) for i, t in islice(queued, 1))
                 if item.error is None and (problem := detector.size_problem(*item.image.size)):
                     item.error = problem
                 if item.error is None:
@@ -90,6 +94,7 @@ class Predictor:
                     )
                     continue
                 self.metrics.images_scored.inc()
+                detections = detections.scaled(item.original_size)  # boxes in the full image's pixels
                 results[item.index] = prediction(detector, config, detections, image_score, certainty)
                 if item.task_id is not None:
                     version = detector.version.name
@@ -111,7 +116,7 @@ class Predictor:
         batch = [PoolImage(str(i), image, det) for i, (image, det) in enumerate(zip(images, detections, strict=True))]
         return list(zip(detections, self.scorer.score_batch(batch, ScoringContext(detector=detector)), strict=True))
 
-    def _load(self, index: int, task: object, config: LabelConfig) -> _Loaded:
+    def _load(self, index: int, task: object, config: LabelConfig, detector: Detector) -> _Loaded:
         if not isinstance(task, dict):
             return _Loaded(index, None, error="a task must be a JSON object")
         task_id = task["id"] if isinstance(task.get("id"), int) and not isinstance(task["id"], bool) else None
@@ -121,13 +126,28 @@ class Predictor:
             log.warning("task %s: %s", task_id, error)
             return _Loaded(index, task_id, error=error)
         try:
-            return _Loaded(index, task_id, image=self.loader.load(data[config.image_key]))
+            decoded = self.loader.load_reduced(data[config.image_key], partial(reduction_factor, detector))
+            return _Loaded(index, task_id, image=decoded.image, original_size=decoded.original_size)
         except ImageError as error:
             log.warning("task %s: %s", task_id, error)
             return _Loaded(index, task_id, error=str(error))
         except Exception:  # a bug must cost one task, not the whole call
             log.exception("task %s: unexpected error reading its image", task_id)
             return _Loaded(index, task_id, error="internal error reading the image (see the backend's log)")
+
+
+def reduction_factor(detector: Detector, width: int, height: int) -> int:
+    """The largest integer factor an image can shrink by and stay at least the size the model
+    resizes it to, so decoding it smaller loses nothing the model would see."""
+    transform = getattr(detector.model, "transform", None)
+    if transform is None:
+        return 1
+    if getattr(transform, "fixed_size", None):  # SSD: stretched to one (height, width)
+        model_width, model_height = transform.fixed_size[1], transform.fixed_size[0]
+    else:  # the shorter side to min_size, unless the longer would pass max_size
+        scale = min(max(transform.min_size) / min(width, height), transform.max_size / max(width, height))
+        model_width, model_height = width * scale, height * scale
+    return max(1, int(min(width / model_width, height / model_height)))
 
 
 def prediction(
