@@ -1,4 +1,5 @@
-"""/predict's work: fetch and decode the tasks' images in parallel, run them through the shared
+"""/predict's work: fetch and decode the tasks' images in parallel (shrunk towards the model's
+input size; boxes come back in the full image's pixels), run them through the shared
 detector in batches merged across concurrent requests (backend/batcher.py), score them, and
 shape one Label Studio prediction per task."""
 

@@ -48,7 +48,9 @@ def test_an_exchanged_access_token_never_reaches_a_log_line(image_server):
     assert header == {"Authorization": f"Bearer {image_server.access_token}"}
     log, out = capture()
     log.warning("calling Label Studio with %s", header)
-    log.error("an error quoting the token %s", image_server.access_token, exc_info=ValueError(image_server.access_token))
+    log.error(
+        "an error quoting the token %s", image_server.access_token, exc_info=ValueError(image_server.access_token)
+    )
     text = out.getvalue()
     assert text.count("***") == 3 and image_server.access_token not in text
 

@@ -1,8 +1,8 @@
 """The Label Studio token goes to Label Studio's file paths and nowhere else: not to a host that
 a second URL parser reads out of the same string, not along a redirect, not to Label Studio's API."""
 
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -17,8 +17,8 @@ TOKEN = f"Token {LEGACY_TOKEN}"
 
 
 class StandIn:
-    """A loopback HTTP server that records (path, Authorization) of every request. ``routes``
-    maps a path to a redirect target; anything else gets ``answer(path, auth)``."""
+    """A loopback HTTP server that records (path, Authorization) of every request.
+    ``redirects`` maps a path to a 302 target; anything else gets ``answer(path, auth)``."""
 
     def __init__(self, answer):
         self.seen: list[tuple[str, str]] = []
@@ -148,4 +148,4 @@ def test_every_attack_is_a_per_task_error_in_predict(make_client, servers):
         assert "\n" not in result["error"] and "\r" not in result["error"] and "\x00" not in result["error"]
     assert "error" not in results[-1], results[-1]  # the control: a real upload loads
     assert evil.tokens() == []
-    assert [path for path in ls.tokens()] == ["/data/upload/1/good.png"]
+    assert ls.tokens() == ["/data/upload/1/good.png"]
