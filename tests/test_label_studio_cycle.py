@@ -311,7 +311,7 @@ def test_a_personal_access_token_downloads_label_studio_images(cycle, label_stud
 
 def test_a_killed_training_leaves_the_old_version_served(cycle):
     backend, project = cycle["backend"], cycle["project"]
-    job = backend.post("/train", json={"project": project, "params": {"epochs": 300}}).json()
+    job = backend.post("/train", json={"project": project, "params": {"epochs": 100}}).json()
     wait_for(
         lambda: backend.get(f"/jobs/{job['job_id']}").json()["stage"].startswith("training"), 120, "training to start"
     )
