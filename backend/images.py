@@ -241,14 +241,6 @@ def _non_public(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
     return None if ip.is_global else ip
 
 
-def _non_public(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address when it is not a public one (loopback, private, link-local, ...), else None."""
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return None if ip.is_global else ip
-
-
 def _guarded_session(
     trusted: Callable[[str, int], bool], may_authorise: Callable[[str, str, int, str], bool]
 ) -> requests.Session:
