@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import ipaddress
+import os
 import re
 import socket
 import threading
@@ -199,7 +200,7 @@ class ImageCache:
         self.max_bytes = max_bytes
         directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._total = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+        self._total = sum(size for _, _, size in self._entries())
 
     def path(self, url: str) -> Path:
         return self.directory / hashlib.sha256(url.encode()).hexdigest()
@@ -214,7 +215,7 @@ class ImageCache:
         if len(data) > self.max_bytes and not force:
             return
         path = self.path(url)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
         with self._lock:
@@ -222,13 +223,26 @@ class ImageCache:
             if self._total > self.max_bytes:
                 self._evict()
 
+    def _entries(self) -> list[tuple[float, Path, int]]:
+        """(mtime, path, size) of each finished file: another thread's temporary file is not
+        ours to evict, and a file another process evicted meanwhile is skipped."""
+        entries = []
+        for path in self.directory.iterdir():
+            if "." in path.name:  # a download still being written
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((stat.st_mtime, path, stat.st_size))
+        return entries
+
     def _evict(self) -> None:
-        files = sorted((p for p in self.directory.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime)
-        self._total = sum(p.stat().st_size for p in files)
-        for path in files:
+        entries = sorted(self._entries())
+        self._total = sum(size for _, _, size in entries)
+        for _, path, size in entries:
             if self._total <= 0.9 * self.max_bytes:
                 break
-            size = path.stat().st_size
             path.unlink(missing_ok=True)
             self._total -= size
 

@@ -206,3 +206,29 @@ def test_dns_rebinding_is_caught_at_the_connection(loader, image_server, monkeyp
     answers.append("93.184.216.34")
     with pytest.raises(ImageError, match="answered HTTP 404"):  # reached the loopback server
         guarded.read_bytes(url)
+
+
+def test_concurrent_downloads_never_trip_over_each_others_cache_files(tmp_path):
+    """Eight threads filling a small cache at once: an eviction once stat()ed another thread's
+    temporary file as it was renamed and failed that download with FileNotFoundError."""
+    import threading
+
+    from backend.images import ImageCache
+
+    cache = ImageCache(tmp_path / "cache", 10_000)
+    errors: list[str] = []
+
+    def fill(worker: int) -> None:
+        try:
+            for i in range(200):
+                cache.put(f"http://h/{worker}/{i}.png", b"x" * 700)
+        except Exception as error:  # noqa: BLE001 - any failure is the bug
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=fill, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(p.stat().st_size for p in (tmp_path / "cache").iterdir()) <= 10_000
