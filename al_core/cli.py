@@ -70,13 +70,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def simulate_command(args: argparse.Namespace) -> int:
     from .simulation import SimulationConfig, simulate
-    from .simulation_report import markdown, write_report
+    from .simulation_report import markdown, seconds_markdown, write_report
 
     config = SimulationConfig.load(args.config, out_dir=args.out_dir, seeds=args.seeds)
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     rows = simulate(config)
-    paths = write_report(rows, config.out_dir)
+    cost = config.cost_model().describe()
+    paths = write_report(rows, config.out_dir, cost)
     print(markdown(rows))
+    print("\n" + seconds_markdown(rows, cost))
     print("\n" + ", ".join(f"{kind}: {path}" for kind, path in paths.items()))
     print(
         f"reproduce: python -m al_core simulate --config {args.config}"

@@ -40,12 +40,17 @@ def image_features(detector: Detector, paths: Sequence[str], batch_size: int = 1
     return torch.stack(rows) if rows else torch.zeros(0)
 
 
+def detect(detector: Detector, paths: Sequence[str], batch_size: int = 16) -> list[Detections]:
+    """The detector's detections of each image, in order, in batches."""
+    detections = []
+    for start in range(0, len(paths), batch_size):
+        detections += detector.predict([load_rgb(p) for p in paths[start : start + batch_size]])
+    return detections
+
+
 def labeled_class_quality(detector: Detector, labeled: Sequence[LabeledImage], batch_size: int = 16) -> torch.Tensor:
     """PPAL's per-class quality of the detector on the labeled images."""
-    detections = []
-    for start in range(0, len(labeled), batch_size):
-        detections += detector.predict([load_rgb(s.path) for s in labeled[start : start + batch_size]])
-    return class_quality(detections, labeled, len(detector.class_names))
+    return class_quality(detect(detector, [s.path for s in labeled], batch_size), labeled, len(detector.class_names))
 
 
 def check_needs(scorer: Scorer, detector: Detector, context: ScoringContext) -> None:

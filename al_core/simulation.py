@@ -13,22 +13,28 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, astuple, dataclass, field, fields
+from dataclasses import asdict, astuple, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 import yaml
 from tqdm import tqdm
 
+from .annotation_cost import CostModel
 from .cooperation import BoxEdits, correct_boxes, oracle_edits, pseudo_labels
 from .datasets import DigitCanvasConfig, read_dataset, write_digit_canvases
 from .detectors import Detector
+from .display import Display, calibrate
 from .evaluation import evaluate
-from .pool import score_pool
+from .pool import detect, score_pool
 from .scoring import SCORERS, ScoringContext
 from .selection import ranking
-from .training import TrainConfig, train_detector
-from .types import Certainty, Detections, LabeledImage
+from .training import TrainConfig, split_held_out, train_detector
+from .types import Detections, LabeledImage
+
+# Today's display before calibration, the reference the calibrated one is measured against:
+# boxes from 0.3, certain from 0.7, the detector's per-class NMS only.
+FIXED_DISPLAY = Display(threshold=0.3, certain=0.7, nms_iou=1.0)
 
 
 @dataclass(frozen=True)
@@ -40,11 +46,15 @@ class StrategySpec:
     # Human-machine cooperation (al_core.cooperation): {"box_level": true} makes the oracle
     # review only uncertain boxes and accept certain ones unseen; {"self_labeling": N} adds up
     # to N pseudo-labeled images per cycle (loss weight: train.pseudo_weight); "certain" and
-    # "uncertain" set the box thresholds (default 0.7 and 0.3).
+    # "uncertain" fix the box thresholds (otherwise each cycle's calibration chooses them).
     cooperation: dict = field(default_factory=dict)
 
-    def certainty(self) -> Certainty:
-        return Certainty(self.cooperation.get("uncertain", 0.3), self.cooperation.get("certain", 0.7))
+    def fixed_display(self, base: Display) -> Display | None:
+        """The display this strategy fixes with "certain"/"uncertain", or None (calibrated)."""
+        if not {"certain", "uncertain"} & set(self.cooperation):
+            return None
+        fixed = {"threshold": self.cooperation.get("uncertain", 0.3), "certain": self.cooperation.get("certain", 0.7)}
+        return replace(base, **fixed)
 
     @property
     def key(self) -> str:
@@ -72,6 +82,18 @@ class SimulationConfig:
     lr: float = 1e-3
     budget_for_diversity: int = 0  # 0: per_cycle
     device: str = "auto"
+    # Labeled images held out of training each cycle, as the service does (none under 5), to
+    # calibrate what people are shown; 0: no calibration, the fixed thresholds.
+    held_out_fraction: float = 0.2
+    cost: dict = field(default_factory=dict)  # CostModel fields (seconds per action)
+    # Display fields (nms_iou, max_boxes) and calibration's precision_target for certain boxes.
+    display: dict = field(default_factory=dict)
+
+    def cost_model(self) -> CostModel:
+        return CostModel(**self.cost)
+
+    def base_display(self) -> Display:
+        return Display(**{k: v for k, v in self.display.items() if k != "precision_target"})
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> SimulationConfig:
@@ -99,7 +121,11 @@ class SimulationConfig:
             unknown = set(spec.cooperation) - {"box_level", "self_labeling", "certain", "uncertain"}
             if unknown:
                 raise ValueError(f"{spec.key}: unknown cooperation options {sorted(unknown)}")
-            spec.certainty()  # checks the thresholds
+            spec.fixed_display(self.base_display())  # checks the thresholds
+        self.cost_model()
+        unknown = set(self.display) - {"nms_iou", "max_boxes", "precision_target"}
+        if unknown:
+            raise ValueError(f"unknown display options {sorted(unknown)}")
 
 
 def load_data(config: SimulationConfig) -> tuple[list[LabeledImage], list[LabeledImage], tuple[str, ...]]:
@@ -163,14 +189,15 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
         labeled = sorted(rng.sample(range(len(pool)), config.initial))
     else:
         labeled = sorted(select(rng.sample(range(len(pool)), len(pool)), pool, config.initial, "boxes"))
-    certainty = strategy.certainty()
-    box_level = bool(strategy.cooperation.get("box_level"))
+    cost = config.cost_model()
     self_labeling = int(strategy.cooperation.get("self_labeling", 0))
     by_path = {image.path: image for image in pool}
     # The label each human-labeled image carries: the truth, or (box-level cooperation) the
     # pre-annotation with its certain boxes accepted unseen.
     labels: dict[int, LabeledImage] = {i: pool[i] for i in labeled}
     pseudo: list[LabeledImage] = []
+    previous: list[int] = []  # the labeled set one cycle before: the rest is "recent"
+    spent = sum(cost.from_scratch(len(pool[i].labels)) for i in labeled)  # the first set, from scratch
     rows, detector = [], None
     needs_head = "loss_head" in SCORERS[strategy.name].needs
     for cycle in range(config.cycles + 1):
@@ -178,11 +205,12 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
         if state_file.exists():  # done before an interruption
             state = json.loads(state_file.read_text())
             rows.append(state["row"])
-            labeled = state["labeled_next"]
+            previous, labeled = state["labeled"], state["labeled_next"]
             labels = {int(i): _from_json(item) for i, item in state.get("labels_next", {}).items()} or {
                 i: pool[i] for i in labeled
             }
             pseudo = [_from_json(item) for item in state.get("pseudo_next", [])]
+            spent = state.get("labeled_seconds_next", spent)
             detector = None
             continue
         if detector is None and checkpoint.exists() and config.fine_tune and cycle > 0:
@@ -197,25 +225,32 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
             epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=seed + cycle, **strategy.train
         )
         samples = [labels[i] for i in labeled]
-        result = train_detector(detector, samples, train_config, pseudo=pseudo)
+        recent = {pool[i].path for i in set(labeled) - set(previous)} if previous else set()
+        train, held_out = split_held_out(samples, config.held_out_fraction, train_config.seed, recent=recent)
+        result = train_detector(detector, train, train_config, pseudo=pseudo)
         metrics = evaluate(detector, test)
         detector.save(checkpoint, f"{strategy.key}-seed{seed}-cycle{cycle}")
+        display = _cycle_display(config, strategy, detector, [by_path[s.path] for s in held_out], cost)
         row = {
             "strategy": strategy.key,
             "seed": seed,
             "cycle": cycle,
             "labeled_images": len(labeled),
             "labeled_boxes": sum(len(pool[i].labels) for i in labeled),
+            "labeled_seconds": round(spent, 1),
+            "held_out_images": len(held_out),
             "map50": metrics["map50"],
             "map": metrics["map"],
             "train_seconds": round(result.seconds, 2),
             "scoring_seconds": 0.0,
             "rule": "",
+            "display_threshold": display.threshold if display.show else None,
+            "certain_threshold": display.certain,
             "pseudo_images": len(pseudo),
             "pseudo_boxes": sum(len(p.labels) for p in pseudo),
             "pseudo_precision": _pseudo_precision(pseudo, by_path),
         }
-        next_labeled, next_labels, next_pseudo = labeled, labels, pseudo
+        next_labeled, next_labels, next_pseudo, next_spent = labeled, labels, pseudo, spent
         if cycle < config.cycles:
             unlabeled = [i for i in range(len(pool)) if i not in set(labeled)]
             budget = config.budget_for_diversity or config.per_cycle
@@ -223,7 +258,7 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
             detections: dict[str, Detections] = {}
 
             def keep(path: str, det: Detections, into: dict = detections) -> None:
-                into[path] = det.above(certainty.uncertain)
+                into[path] = replace(det, box_features=None, class_probs=None)  # what the display needs
 
             start = time.perf_counter()
             scored = score_pool(
@@ -238,25 +273,13 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
             row["rule"] = scored.rule
             ranked = [unlabeled[i] for i in ranking(scored.keys, scored.scores) if scored.scores[i].for_people]
             chosen = select(ranked, pool, config.per_cycle, config.budget_unit)
-            # What the oracle's work costs, both ways, on the images chosen for people.
-            review, cooperative, noise = BoxEdits(0, 0, 0, 0, 0), BoxEdits(0, 0, 0, 0, 0), 0
-            next_labels = dict(labels)
-            for i in chosen:
-                full, _ = oracle_edits(detections[pool[i].path], pool[i], certainty, cooperative=False)
-                coop, label = oracle_edits(detections[pool[i].path], pool[i], certainty, cooperative=True)
-                review, cooperative = _add(review, full), _add(cooperative, coop)
-                noise += _noisy_boxes(label, pool[i])
-                next_labels[i] = label if box_level else pool[i]
-            row.update(
-                chosen=len(chosen),
-                boxes_from_scratch=review.from_scratch,
-                edits_full_review=review.edits,
-                edits_cooperative=cooperative.edits,
-                cooperative_wrong_boxes_kept=noise,
-            )
+            work, next_labels = _label_chosen(chosen, pool, detections, display, cost, strategy, labels)
+            row.update(work)
+            way = "seconds_cooperative" if strategy.cooperation.get("box_level") else "seconds_with_preannotations"
+            next_spent = spent + work[way]
             next_labeled = sorted(labeled + chosen)
-            left = {pool[i].path: detections[pool[i].path] for i in unlabeled if i not in set(chosen)}
-            next_pseudo = pseudo_labels(left, certainty, self_labeling) if self_labeling else []
+            left = {pool[i].path: display.shown(detections[pool[i].path]) for i in unlabeled if i not in set(chosen)}
+            next_pseudo = pseudo_labels(left, display.certainty(), self_labeling) if self_labeling else []
         state_file.write_text(
             json.dumps(
                 {
@@ -265,12 +288,63 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
                     "labeled_next": next_labeled,
                     "labels_next": {str(i): _as_json(label) for i, label in next_labels.items()},
                     "pseudo_next": [_as_json(p) for p in next_pseudo],
+                    "labeled_seconds_next": next_spent,
                 }
             )
         )
         rows.append(row)
-        labeled, labels, pseudo = next_labeled, next_labels, next_pseudo
+        previous, labeled, labels, pseudo, spent = labeled, next_labeled, next_labels, next_pseudo, next_spent
     return rows
+
+
+def _cycle_display(config: SimulationConfig, strategy: StrategySpec, detector: Detector, held_out, cost) -> Display:
+    """What this cycle's model shows people: the strategy's fixed thresholds, else calibrated on
+    the held-out labeled images (the service's rule), else the fixed reference."""
+    base = config.base_display()
+    fixed = strategy.fixed_display(base)
+    if fixed is not None:
+        return fixed
+    if not held_out:
+        return replace(base, threshold=FIXED_DISPLAY.threshold, certain=FIXED_DISPLAY.certain)
+    target = config.display.get("precision_target", 0.95)
+    return calibrate(detect(detector, [h.path for h in held_out]), held_out, cost, base, target).display
+
+
+def _label_chosen(chosen, pool, detections, display, cost, strategy, labels) -> tuple[dict, dict]:
+    """The oracle labels the chosen images; (its work counted four ways, the labels after).
+
+    From scratch; from the shown pre-annotation with every shown box reviewed; with box-level
+    review (certain boxes accepted unseen); and from today's fixed display (FIXED_DISPLAY),
+    every box reviewed, as the reference calibration is measured against."""
+    review, cooperative, fixed = BoxEdits(0, 0, 0, 0, 0), BoxEdits(0, 0, 0, 0, 0), BoxEdits(0, 0, 0, 0, 0)
+    seconds = {"seconds_from_scratch": 0.0, "seconds_with_preannotations": 0.0, "seconds_cooperative": 0.0,
+               "seconds_fixed_threshold": 0.0}  # fmt: skip
+    accepted = noise = 0
+    certainty, next_labels = display.certainty(), dict(labels)
+    for i in chosen:
+        truth, shown = pool[i], display.shown(detections[pool[i].path])
+        full, _ = oracle_edits(shown, truth, certainty, cooperative=False)
+        coop, label = oracle_edits(shown, truth, certainty, cooperative=True)
+        old, _ = oracle_edits(FIXED_DISPLAY.shown(detections[truth.path]), truth, FIXED_DISPLAY.certainty(), False)
+        review, cooperative, fixed = _add(review, full), _add(cooperative, coop), _add(fixed, old)
+        seconds["seconds_from_scratch"] += cost.from_scratch(len(truth.labels))
+        seconds["seconds_with_preannotations"] += cost.seconds(full)
+        seconds["seconds_cooperative"] += cost.seconds(coop)
+        seconds["seconds_fixed_threshold"] += cost.seconds(old)
+        accepted += int((shown.scores >= certainty.certain).sum())
+        noise += _noisy_boxes(label, truth)
+        next_labels[i] = label if strategy.cooperation.get("box_level") else truth
+    work = {
+        "chosen": len(chosen),
+        "boxes_from_scratch": review.from_scratch,
+        "edits_full_review": review.edits,
+        "edits_cooperative": cooperative.edits,
+        "edits_fixed_threshold": fixed.edits,
+        "cooperative_accepted_boxes": accepted,
+        "cooperative_wrong_boxes_kept": noise,
+        **{key: round(value, 1) for key, value in seconds.items()},
+    }
+    return work, next_labels
 
 
 def _add(a: BoxEdits, b: BoxEdits) -> BoxEdits:

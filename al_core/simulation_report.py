@@ -72,24 +72,28 @@ def summary(rows: list[dict], baseline: str = "random", x: str = "labeled_images
     return pd.DataFrame(result).sort_values("mean_gain_map50_points", ascending=False).reset_index(drop=True)
 
 
-def plot(rows: list[dict], path: str | Path, x: str = "labeled_images") -> Path:
-    table = curves(rows, x)
-    figure, axis = plt.subplots(figsize=(8, 5))
-    for strategy, group in table.groupby("strategy"):
-        group = group.sort_values("cycle")
-        style = {"color": "black", "linestyle": "--", "linewidth": 2} if strategy == "random" else {}
-        axis.plot(group["labeled"], 100 * group["map50_mean"], marker="o", label=strategy, **style)
-        spread = 100 * group["map50_std"].fillna(0)
-        axis.fill_between(
-            group["labeled"], 100 * group["map50_mean"] - spread, 100 * group["map50_mean"] + spread, alpha=0.12
-        )
-    axis.set_xlabel("labeled images" if x == "labeled_images" else "labeled boxes")
-    axis.set_ylabel("mAP@0.5 on the test split (mean ± std over seeds)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+AXES = {"labeled_images": "labeled images", "labeled_boxes": "labeled boxes", "labeled_seconds": "labeled seconds"}
+
+
+def plot(rows: list[dict], path: str | Path) -> Path:
+    """mAP@0.5 against labeled images, boxes and (where the rows have them) human seconds."""
+    axes_x = [x for x in AXES if x in pd.DataFrame(rows)]
+    figure, axes = plt.subplots(1, len(axes_x), figsize=(6 * len(axes_x), 5), squeeze=False)
+    for axis, x in zip(axes[0], axes_x, strict=True):
+        for strategy, group in curves(rows, x).groupby("strategy"):
+            group = group.sort_values("cycle")
+            style = {"color": "black", "linestyle": "--", "linewidth": 2} if strategy == "random" else {}
+            axis.plot(group["labeled"], 100 * group["map50_mean"], marker="o", label=strategy, **style)
+            spread = 100 * group["map50_std"].fillna(0)
+            mean = 100 * group["map50_mean"]
+            axis.fill_between(group["labeled"], mean - spread, mean + spread, alpha=0.12)
+        axis.set_xlabel(AXES[x] + " (mean over seeds)")
+        axis.set_ylabel("mAP@0.5 on the test split (mean ± std over seeds)")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
 
@@ -126,6 +130,7 @@ EFFORT = {  # row field -> column title; summed over a run's cycles, then averag
     "boxes_from_scratch": "boxes drawn from scratch",
     "edits_full_review": "box edits, every shown box reviewed",
     "edits_cooperative": "box edits, only uncertain boxes reviewed",
+    "cooperative_accepted_boxes": "certain boxes accepted unseen",
     "cooperative_wrong_boxes_kept": "wrong certain boxes accepted unseen",
     "pseudo_images": "pseudo-labeled images trained on",
 }
@@ -158,9 +163,51 @@ def effort_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
+SECONDS = {  # row field -> column title: the human seconds of the images chosen for people
+    "seconds_from_scratch": "from scratch",
+    "seconds_fixed_threshold": "fixed 0.3 display",
+    "seconds_with_preannotations": "calibrated display",
+    "seconds_cooperative": "calibrated, certain boxes accepted unseen",
+}
+
+
+def seconds_table(rows: list[dict]) -> pd.DataFrame:
+    """Per strategy and cycle, mean over seeds: the seconds per chosen image each way, and the
+    ratios of the pre-annotated ways to drawing from scratch."""
+    frame = pd.DataFrame(rows)
+    if "seconds_from_scratch" not in frame:
+        return pd.DataFrame()
+    frame = frame[frame["chosen"].fillna(0) > 0].copy()
+    for key in SECONDS:
+        frame[key] = frame[key] / frame["chosen"]
+    table = frame.groupby(["strategy", "cycle"])[list(SECONDS)].mean().reset_index()
+    for key in list(SECONDS)[1:]:
+        table[key.replace("seconds_", "ratio_")] = table[key] / table["seconds_from_scratch"]
+    return table
+
+
+def seconds_markdown(rows: list[dict], cost: str = "") -> str:
+    table = seconds_table(rows)
+    if table.empty:
+        return ""
+    lines = ["Human seconds per image chosen for people (mean over seeds); ratio to drawing from scratch."]
+    if cost:
+        lines.append(f"Cost model: {cost}.")
+    header = ["strategy", "cycle", *(f"s/image {title}" for title in SECONDS.values())]
+    header += [f"ratio {title}" for title in list(SECONDS.values())[1:]]
+    lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in table.itertuples(index=False):
+        values = row._asdict()
+        cells = [values["strategy"], str(values["cycle"])] + [f"{values[key]:.1f}" for key in SECONDS]
+        cells += [f"{values[key.replace('seconds_', 'ratio_')]:.2f}" for key in list(SECONDS)[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict], out_dir: str | Path, cost: str = "") -> dict[str, Path]:
     out = Path(out_dir)
     pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
     summary(rows).to_json(out / "summary.json", orient="records", indent=2)
-    (out / "report.md").write_text(markdown(rows) + "\n\n" + effort_markdown(rows) + "\n")
+    parts = [markdown(rows), effort_markdown(rows), seconds_markdown(rows, cost)]
+    (out / "report.md").write_text("\n\n".join(part for part in parts if part) + "\n")
     return {"csv": out / "results.csv", "plot": plot(rows, out / "map_vs_labels.png"), "table": out / "report.md"}

@@ -38,7 +38,10 @@ class Detections:
 
     def above(self, threshold: float) -> Detections:
         """The same detections, keeping only boxes whose score is >= threshold."""
-        keep = self.scores >= threshold
+        return self.select(self.scores >= threshold)
+
+    def select(self, keep: torch.Tensor) -> Detections:
+        """The same detections, keeping the boxes ``keep`` (a mask or indices) picks."""
         return Detections(
             boxes=self.boxes[keep],
             labels=self.labels[keep],

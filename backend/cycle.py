@@ -35,9 +35,9 @@ from exporters.label_config import LabelConfig, parse_label_config
 from exporters.label_studio_api import LabelStudioProject, TaskPrediction
 from exporters.label_studio_regions import choose_annotation, detections_to_regions, regions_to_boxes
 
+from . import retention
 from .images import ImageError, ImageLoader
 from .jobs import Report
-from . import retention
 from .models import Models
 from .settings import Settings
 from .store import Cycle, Job, Store, TaskScore

@@ -13,7 +13,7 @@ from al_core.versions import read_version
 from backend import cycle as cycle_module
 from exporters.label_studio_regions import box_to_percent
 
-from .conftest import LEGACY_TOKEN, make_settings
+from .conftest import LEGACY_TOKEN
 
 CONFIG = """<View>
   <Image name="img" value="$image"/>

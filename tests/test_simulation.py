@@ -9,10 +9,12 @@ import torch
 import yaml
 
 from al_core import cli
+from al_core.annotation_cost import CostModel
 from al_core.datasets import DigitCanvasConfig, generate_digit_canvases, read_dataset, write_digit_canvases
-from al_core.simulation import SimulationConfig, select, simulate
+from al_core.display import GRID, Display
+from al_core.simulation import FIXED_DISPLAY, SimulationConfig, StrategySpec, _label_chosen, select, simulate
 from al_core.simulation_report import markdown, reach, summary, write_report
-from al_core.types import LabeledImage
+from al_core.types import Detections, LabeledImage
 
 
 def test_digit_canvases_have_exact_boxes_a_long_tail_and_near_duplicates(tmp_path):
@@ -101,6 +103,16 @@ def test_simulation_smoke_runs_resumes_and_reports(tmp_path):
     assert all(0 <= r["map50"] <= 1 for r in rows)
     assert rows[1]["rule"] == "random" and rows[4]["rule"] == "entropy"
     assert (out / "map_vs_labels.png").stat().st_size > 1000 and "| random |" in (out / "report.md").read_text()
+    assert "Cost model: 2 s per image opened, 7 s per box drawn" in (out / "report.md").read_text()
+    for run in (rows[:3], rows[3:]):  # each run's human seconds add up, cycle by cycle
+        assert run[0]["labeled_seconds"] == pytest.approx(2 * 6 + 7 * run[0]["labeled_boxes"], abs=0.1)
+        for before, after in zip(run, run[1:]):
+            assert before["seconds_from_scratch"] == pytest.approx(2 * 6 + 7 * before["boxes_from_scratch"], abs=0.1)
+            assert after["labeled_seconds"] == pytest.approx(
+                before["labeled_seconds"] + before["seconds_with_preannotations"], abs=0.2
+            )
+            assert before["held_out_images"] == round(0.2 * before["labeled_images"])  # the service's split
+            assert before["display_threshold"] in (None, *GRID)
     # Same seed, same initial set for every strategy.
     first = json.loads((out / "runs" / "random__seed0" / "cycle_0.json").read_text())["labeled"]
     assert first == json.loads((out / "runs" / "entropy__seed0" / "cycle_0.json").read_text())["labeled"]
@@ -121,3 +133,20 @@ def test_bad_simulation_configs(tmp_path):
     path.write_text(yaml.safe_dump({"out_dir": "x", "dataset": {}, "strategies": ["random", "random"]}))
     with pytest.raises(ValueError, match="distinct"):
         SimulationConfig.load(path)
+
+
+def test_the_chosen_images_work_counted_four_ways():
+    truth = LabeledImage("a", torch.tensor([[0.0, 0, 20, 20], [40, 40, 60, 60]]), torch.tensor([0, 1]))
+    # A right box at 0.9, a second label on the same object at 0.5, a junk box at 0.35.
+    boxes = torch.tensor([[0.0, 0, 20, 20], [0, 0, 20, 21], [80, 80, 95, 95]])
+    det = Detections(boxes, torch.tensor([0, 2, 1]), torch.tensor([0.9, 0.5, 0.35]), (100, 100))
+    display = Display(threshold=0.4, certain=0.8, nms_iou=0.7)
+    work, labels = _label_chosen([0], [truth], {"a": det}, display, CostModel(), StrategySpec("random"), {})
+    # calibrated: the 0.9 box checked, the object at 40 drawn -> 2 + 1.6 + 7
+    assert work["seconds_with_preannotations"] == pytest.approx(10.6)
+    assert work["seconds_cooperative"] == pytest.approx(9.0)  # the 0.9 box accepted unseen
+    # fixed 0.3, no NMS across labels: checked + two wrong boxes deleted + one drawn
+    assert work["seconds_fixed_threshold"] == pytest.approx(2 + 1.6 + 2 * 2 + 7)
+    assert work["seconds_from_scratch"] == pytest.approx(16)
+    assert work["cooperative_accepted_boxes"] == 1 and work["cooperative_wrong_boxes_kept"] == 0
+    assert labels[0] is truth and FIXED_DISPLAY.nms_iou == 1.0
