@@ -191,9 +191,15 @@ def _right(shown: Detections, truth: LabeledImage) -> torch.Tensor:
     return right
 
 
+def _scored_flags(detections, truths) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every box's score and whether it is right, over all images."""
+    scores = [d.scores for d in detections] + [torch.zeros(0)]
+    right = [_right(d, t) for d, t in zip(detections, truths, strict=True)] + [torch.zeros(0, dtype=torch.bool)]
+    return torch.cat(scores), torch.cat(right)
+
+
 def _certain_threshold(shown, truths, lowest: float, target: float, minimum: int) -> float:
-    scores = torch.cat([d.scores for d in shown] + [torch.zeros(0)])
-    right = torch.cat([_right(d, t) for d, t in zip(shown, truths, strict=True)] + [torch.zeros(0, dtype=torch.bool)])
+    scores, right = _scored_flags(shown, truths)
     for threshold in [t for t in GRID if t >= lowest]:
         above = scores >= threshold
         if int(above.sum()) >= minimum and float(right[above].float().mean()) >= target:
@@ -204,10 +210,7 @@ def _certain_threshold(shown, truths, lowest: float, target: float, minimum: int
 def _precision_by_decile(candidates, truths) -> tuple[float, ...]:
     """The held-out share of right boxes per score decile; a decile without boxes takes the
     share over all boxes, and 0 when there are none."""
-    scores = torch.cat([d.scores for d in candidates] + [torch.zeros(0)])
-    right = torch.cat(
-        [_right(d, t) for d, t in zip(candidates, truths, strict=True)] + [torch.zeros(0, dtype=torch.bool)]
-    )
+    scores, right = _scored_flags(candidates, truths)
     overall = float(right.float().mean()) if len(right) else 0.0
     bins = (scores * PRECISION_BINS).long().clamp(max=PRECISION_BINS - 1)
     return tuple(
