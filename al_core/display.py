@@ -85,6 +85,15 @@ class Display:
             total += q * (cost.draw - cost.verify) - (1 - q) * cost.delete
         return round(total, 2)
 
+    def describe(self) -> dict:
+        """What a prediction's metadata says about the display that chose its boxes."""
+        about = {"threshold": self.threshold, "certain": self.certain, "calibrated": self.calibrated}
+        if self.class_thresholds:
+            about["class_thresholds"] = {str(k): v for k, v in self.class_thresholds.items()}
+        if not self.show:
+            about.update(shown=False, note=self.note)
+        return about
+
     def to_dict(self) -> dict:
         values = asdict(self)
         values["class_thresholds"] = {str(k): v for k, v in self.class_thresholds.items()}

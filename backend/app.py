@@ -23,7 +23,7 @@ from al_core.scoring import create_scorer
 from al_core.types import Certainty
 from exporters.label_config import LabelConfigError, parse_label_config
 
-from .cycle import CycleServices, check_train_params, run_cycle, settings_certainty
+from .cycle import CycleServices, check_train_params, run_cycle, serving_display
 from .images import ImageLoader
 from .jobs import JobRunner
 from .label_studio_auth import LabelStudioAuth
@@ -72,16 +72,17 @@ def parse_project_id(raw: object) -> int | None:
     raise BadRequest(f"'project' must look like \"4.1795262362\" or 4, got {raw!r}")
 
 
-def parse_certainty(extra_params: object, default: Certainty) -> Certainty:
+def parse_certainty(extra_params: object, default: Certainty) -> Certainty | None:
     """A project's box thresholds from the ML backend's extra params (Label Studio sends them in
-    /setup, as an object or a JSON string): {"uncertain_threshold": 0.3, "certain_threshold": 0.7}."""
+    /setup, as an object or a JSON string): {"uncertain_threshold": 0.3, "certain_threshold": 0.7}.
+    None when neither is given: the active version's calibrated display decides."""
     if isinstance(extra_params, str) and extra_params.strip():
         try:
             extra_params = json.loads(extra_params)
         except ValueError:
             raise BadRequest("'extra_params' must be a JSON object") from None
-    if not isinstance(extra_params, dict):
-        return default
+    if not isinstance(extra_params, dict) or not {"uncertain_threshold", "certain_threshold"} & set(extra_params):
+        return None
     values = {"uncertain": default.uncertain, "certain": default.certain}
     for key in values:
         raw = extra_params.get(f"{key}_threshold", values[key])
@@ -139,7 +140,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         else None
     )
     loader = ImageLoader(settings, ls_auth)
-    default_certainty = settings_certainty(settings)
+    default_certainty = Certainty(settings.prediction_score_threshold, settings.certain_score_threshold)
     predictor = Predictor(
         create_scorer("entropy", aggregation="mean"),
         loader,
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         batch_size=settings.predict_batch_size,
         fetch_workers=settings.fetch_workers,
         max_wait_s=settings.predict_max_wait_ms / 1000,
+        cost=settings.cost,
     )
     services = CycleServices(settings, store, models, loader)
     jobs = JobRunner(
@@ -261,8 +263,9 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         if not isinstance(config_xml, str):
             raise BadRequest("no 'label_config' in the request and none stored for this project by /setup")
         config = parse_label_config(config_xml)
-        certainty = certainty or default_certainty
-        return jsonify(results=predictor.predict(tasks, config, project_id, models.for_project(project_id), certainty))
+        detector = models.for_project(project_id)
+        display = serving_display(settings, certainty, detector)
+        return jsonify(results=predictor.predict(tasks, config, project_id, detector, display))
 
     def start_training(project_id: int, params: dict, trigger: str):
         try:

@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,9 +18,10 @@ import torch
 from al_core.cooperation import pseudo_labels
 from al_core.detectors import Detector
 from al_core.detectors.loss_head import attach_loss_head
+from al_core.display import Display, calibrate
 from al_core.evaluation import evaluate
 from al_core.images import load_rgb
-from al_core.pool import score_pool
+from al_core.pool import detect, score_pool
 from al_core.ray_scoring import RayOptions, ray_can_score, score_pool_ray
 from al_core.ray_training import train_detector_ray
 from al_core.scoring import AGGREGATIONS, SCORERS, ScoringContext
@@ -51,8 +52,30 @@ class CycleError(RuntimeError):
     """The cycle cannot run as configured; the message says what to change."""
 
 
-def settings_certainty(settings: Settings) -> Certainty:
-    return Certainty(settings.prediction_score_threshold, settings.certain_score_threshold)
+def serving_display(settings: Settings, project: Certainty | None, detector: Detector) -> Display:
+    """The boxes a project's people are shown: the thresholds its /setup extra params set, else
+    its version's calibrated display, else the settings' thresholds; NMS and the box cap are
+    always the settings' current ones."""
+    limits = {"nms_iou": settings.display_nms_iou, "max_boxes": settings.display_max_boxes}
+    if project is not None:
+        return replace(settings.display, threshold=project.uncertain, certain=project.certain)
+    if detector.display is not None:
+        return replace(detector.display, **limits)
+    return settings.display
+
+
+def calibration(settings: Settings, detector: Detector, held_out: list[LabeledImage]) -> dict:
+    """The version's metrics on what its people should be shown: the calibrated display (al_core
+    .display) when enough labeled images were held out of its training, else a note why not."""
+    if len(held_out) < settings.calibration_min_images:
+        note = (f"{len(held_out)} held-out images, under CALIBRATION_MIN_IMAGES ({settings.calibration_min_images}): "
+                "the fixed thresholds stay")  # fmt: skip
+        return {"calibration": {"images": len(held_out), "note": note}}
+    detections = detect(detector, [image.path for image in held_out], settings.predict_batch_size)
+    result = calibrate(detections, held_out, settings.cost, settings.display, settings.certain_precision_target)
+    about = {"images": result.images, "seconds_from_scratch": result.seconds_from_scratch}
+    about.update(seconds_shown=result.seconds_shown, cost_model=settings.cost.describe())
+    return {"display": result.display.to_dict(), "calibration": about}
 
 
 def check_train_params(params: dict, max_epochs: int) -> dict:
@@ -174,8 +197,9 @@ def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
     if not samples:
         raise CycleError("no labeled image could be read; see the backend's log")
     unlabeled = [t for t in tasks if t.annotation is None]
-    certainty = store.project(job.project_id)[1] or settings_certainty(settings)
-    pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, certainty, report)
+    thresholds = store.project(job.project_id)[1]  # set by the project's /setup, else None
+    start_display = serving_display(settings, thresholds, detector)
+    pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, start_display, report)
     train_config = TrainConfig(
         epochs=params.get("epochs", settings.train_epochs),
         batch_size=settings.train_batch_size,
@@ -214,6 +238,8 @@ def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
         metrics = {**evaluate(detector, train), "evaluated_on": "training images"}
     metrics.update(epochs=result.epochs, stopped_early=result.stopped_early, seconds=round(result.seconds, 1))
     metrics.update(labeled=len(samples), held_out=len(held_out), pseudo_labeled=len(pseudo))
+    report(0.68, "calibrating what people are shown on the held-out images")
+    metrics.update(calibration(settings, detector, held_out))
 
     report(0.7, "saving the new model version")
     root = settings.data_path / "models" / f"project-{job.project_id}"
@@ -223,18 +249,19 @@ def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
     name = f"p{job.project_id}-v{number}"
     record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics, pseudo_ids, board)
     store.add_version(name, job.project_id, str(record.path), metrics)
-    services.models.load(name, str(record.path))  # it reads back before anything is pushed
+    detector = services.models.load(name, str(record.path))  # it reads back before anything is pushed
     (work / f"{job.id}.state").unlink(missing_ok=True)
     shutil.rmtree(board, ignore_errors=True)
 
+    display = serving_display(settings, thresholds, detector)
     items = _score_and_push(
-        services, run, project, config, detector, unlabeled, samples, strategy, name, certainty, set(pseudo_ids), report
+        services, run, project, config, detector, unlabeled, samples, strategy, name, display, set(pseudo_ids), report
     )
     # Served only now: evaluated, and shown by Label Studio. A failed push left the project on
     # the previous version, and so does the backend.
     services.models.activate(name)
     try:  # observability only: the version is served and pushed already
-        log_pool(record.path / "tensorboard", [det for *_, det in items], certainty, len(samples))
+        log_pool(record.path / "tensorboard", [det for *_, det in items], display.certainty(), len(samples))
     except OSError as error:
         log.warning("project %s: the pool's TensorBoard figures were not written: %s", job.project_id, error)
 
@@ -245,7 +272,7 @@ def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
 
 
 def _self_labels(
-    services: CycleServices, run: _Run, detector: Detector, unlabeled: list[_Task], certainty: Certainty, report: Report
+    services: CycleServices, run: _Run, detector: Detector, unlabeled: list[_Task], display: Display, report: Report
 ) -> tuple[list[LabeledImage], list[int]]:
     """CEAL's self-labeling (opt-in): the unlabeled images whose shown boxes are all certain
     under the starting model, at most SELF_LABELING_MAX_IMAGES, labeled with those boxes. Chosen
@@ -260,7 +287,8 @@ def _self_labels(
     for start in range(0, len(paths), settings.predict_batch_size):
         chunk = paths[start : start + settings.predict_batch_size]
         detections.update(zip(chunk, detector.predict([load_rgb(p) for p in chunk]), strict=True))
-    pseudo = pseudo_labels(detections, certainty, settings.self_labeling_max_images)
+    shown = {path: display.shown(det) for path, det in detections.items()}
+    pseudo = pseudo_labels(shown, display.certainty(), settings.self_labeling_max_images)
     chosen = {image.path for image in pseudo}
     ids = sorted(task.id for task, path in fetched if str(path) in chosen)
     log.info("project %s: %d self-labeled images join the training", run.job.project_id, len(pseudo))
@@ -337,7 +365,7 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
 
 
 def _score_and_push(
-    services, run, project, config, detector, unlabeled, samples, strategy, version, certainty, pseudo_ids, report
+    services, run, project, config, detector, unlabeled, samples, strategy, version, display, pseudo_ids, report
 ):
     settings, job = services.settings, run.job
     report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
@@ -350,9 +378,11 @@ def _score_and_push(
     regions: dict[str, list[dict]] = {}
     kept: dict[str, Detections] = {}
 
+    certainty = display.certainty()
+
     def keep(path: str, det: Detections) -> None:
-        regions[path] = detections_to_regions(det, detector.class_names, config, certainty)
-        kept[path] = det.above(certainty.uncertain)
+        kept[path] = display.shown(det)
+        regions[path] = detections_to_regions(kept[path], detector.class_names, config, certainty)
 
     params = {"aggregation": job.params.get("aggregation", settings.al_aggregation)} if _aggregates(strategy) else {}
     context = ScoringContext(labeled=samples, budget=settings.al_budget)
@@ -369,7 +399,9 @@ def _score_and_push(
         for task in by_path[path]:
             det = kept[path]
             cooperation = (certainty.al_ratio(det.scores), certainty.split(det.scores)[1], task.id in pseudo_ids)
-            items.append((task, path, score, TaskPrediction(task.id, regions[path], score.normalized, *cooperation)))
+            saved = display.expected_seconds_saved(det, settings.cost)
+            prediction = TaskPrediction(task.id, regions[path], score.normalized, *cooperation, seconds_saved=saved)
+            items.append((task, path, score, prediction))
             scores.append(TaskScore(task.id, version, score.scorer, score.value, score.normalized))
     services.store.save_scores(job.project_id, scores)
 

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from al_core.detectors import Detector
+from al_core.display import Display
 from al_core.versions import read_version
 
 from .store import Store, Version
@@ -94,8 +95,11 @@ class Models:
             if name in self._broken:  # do not re-read a broken checkpoint on every request
                 raise VersionError(self._broken[name])
             try:
-                detector = Detector.load(read_version(path).checkpoint, device=self.device)
-            except (ValueError, OSError) as error:
+                record = read_version(path)
+                detector = Detector.load(record.checkpoint, device=self.device)
+                if "display" in record.metrics:  # calibrated after its training run
+                    detector.display = Display.from_dict(record.metrics["display"])
+            except (ValueError, TypeError, OSError) as error:
                 self._broken[name] = f"version {name} cannot be loaded: {error}"
                 raise VersionError(self._broken[name]) from None
             self._loaded[name] = detector

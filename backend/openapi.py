@@ -110,6 +110,15 @@ SCHEMAS = {
                 "description": "Share of the shown boxes a person must check (1 when none is shown).",
             },
             "uncertain_boxes": {"type": "integer", "description": "Boxes between the two thresholds."},
+            "expected_seconds_saved": {
+                **NUMBER,
+                "description": "Seconds the shown boxes are expected to save against drawing from scratch.",
+            },
+            "display": {
+                "type": "object",
+                "description": "The rule that chose the shown boxes: threshold, certain, calibrated, and when "
+                "no box is shown, shown=false with a note why.",
+            },
             "error": {**STRING, "description": "Why this task has no prediction (its image could not be read)."},
         },
         ("model_version", "score", "result"),

@@ -14,9 +14,11 @@ from itertools import islice
 
 from PIL import Image
 
+from al_core.annotation_cost import CostModel
 from al_core.detectors import Detector
+from al_core.display import Display
 from al_core.scoring import PoolImage, Scorer, ScoringContext
-from al_core.types import Certainty, Detections, ImageScore
+from al_core.types import Detections, ImageScore
 from exporters.label_config import LabelConfig
 from exporters.label_studio_regions import detections_to_regions
 
@@ -50,8 +52,10 @@ class Predictor:
         batch_size: int,
         fetch_workers: int,
         max_wait_s: float = 0.01,
+        cost: CostModel | None = None,
     ):
         self.scorer = scorer
+        self.cost = cost or CostModel()
         self.loader = loader
         self.store = store
         self.metrics = metrics
@@ -60,7 +64,7 @@ class Predictor:
         self.batcher = Batcher(self._run_batch, batch_size, max_wait_s)
 
     def predict(
-        self, tasks: list, config: LabelConfig, project_id: int | None, detector: Detector, certainty: Certainty
+        self, tasks: list, config: LabelConfig, project_id: int | None, detector: Detector, display: Display
     ) -> list[dict]:
         """One Label Studio prediction per task, in task order. Images are fetched in the pool
         and handed to the batcher as they arrive, so the model never waits on I/O; at most
@@ -96,7 +100,7 @@ class Predictor:
                     continue
                 self.metrics.images_scored.inc()
                 detections = detections.scaled(item.original_size)  # boxes in the full image's pixels
-                results[item.index] = prediction(detector, config, detections, image_score, certainty)
+                results[item.index] = prediction(detector, config, detections, image_score, display, self.cost)
                 if item.task_id is not None:
                     version = detector.version.name
                     scores.append(
@@ -152,18 +156,28 @@ def reduction_factor(detector: Detector, width: int, height: int) -> int:
 
 
 def prediction(
-    detector: Detector, config: LabelConfig, detections: Detections, score: ImageScore, certainty: Certainty
+    detector: Detector,
+    config: LabelConfig,
+    detections: Detections,
+    score: ImageScore,
+    display: Display,
+    cost: CostModel,
 ) -> dict:
-    """One task's Label Studio prediction: its regions, uncertain first, and the share of its
-    boxes a person must check (``al_ratio``) with the number of uncertain boxes."""
-    _, uncertain = certainty.split(detections.scores)
+    """One task's Label Studio prediction: the regions ``display`` shows, uncertain first; the
+    share of them a person must check (``al_ratio``) with the number of uncertain boxes; the
+    seconds they are expected to save against drawing from scratch; and the display's rule."""
+    shown = display.shown(detections)
+    certainty = display.certainty()
+    _, uncertain = certainty.split(shown.scores)
     return {
         "model_version": detector.version.name,
         # Label Studio's Uncertainty sampling serves the LOWEST score first.
         "score": round(1.0 - score.normalized, 6),
-        "result": detections_to_regions(detections, detector.class_names, config, certainty),
+        "result": detections_to_regions(shown, detector.class_names, config, certainty),
         "informativeness": score.value,
         "scorer": score.scorer,
-        "al_ratio": round(certainty.al_ratio(detections.scores), 6),
+        "al_ratio": round(certainty.al_ratio(shown.scores), 6),
         "uncertain_boxes": uncertain,
+        "expected_seconds_saved": display.expected_seconds_saved(shown, cost),
+        "display": display.describe(),
     }

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from al_core.annotation_cost import CostModel
 from al_core.detectors.box_losses import BOX_LOSSES
+from al_core.display import Display
 
 
 def _doc(text: str) -> dict:
@@ -93,6 +95,40 @@ class Settings:
     )
     certain_score_threshold: float = field(
         default=0.7, metadata=_doc("Boxes from this score up are certain: the model's to label (ASM, CEAL).")
+    )
+    display_nms_iou: float = field(
+        default=0.7,
+        metadata=_doc("Class-agnostic NMS of shown boxes: one object, one box (IoU above this: the surer box stays)."),
+    )
+    display_max_boxes: int = field(default=100, metadata=_doc("Most boxes shown on one image, surest first."))
+    certain_precision_target: float = field(
+        default=0.95,
+        metadata=_doc(
+            "Calibration: certain boxes start at the lowest score above which held-out boxes are right this often."
+        ),
+    )
+    calibration_min_images: int = field(
+        default=5,
+        metadata=_doc("Held-out images a version needs to calibrate its display; fewer keep the fixed thresholds."),
+    )
+    cost_open_image_seconds: float = field(
+        default=2.0, metadata=_doc("Cost model: seconds to open and look over an image (an assumption).")
+    )
+    cost_draw_seconds: float = field(
+        default=7.0,
+        metadata=_doc(
+            "Cost model: seconds per box drawn (extreme clicking, Papadopoulos et al. ICCV 2017); about 35 "
+            "for a box drawn the traditional way."
+        ),
+    )
+    cost_verify_seconds: float = field(
+        default=1.6, metadata=_doc("Cost model: seconds to verify a shown box (Papadopoulos et al. CVPR 2016).")
+    )
+    cost_delete_seconds: float = field(
+        default=2.0, metadata=_doc("Cost model: seconds to delete a wrong box (an assumption).")
+    )
+    cost_correct_seconds: float = field(
+        default=4.0, metadata=_doc("Cost model: seconds to fix a box's corners or label (an assumption).")
     )
     fetch_workers: int = field(default=8, metadata=_doc("Threads downloading and decoding images in parallel."))
     fetch_timeout: float = field(
@@ -193,6 +229,26 @@ class Settings:
     )
 
     @property
+    def cost(self) -> CostModel:
+        return CostModel(
+            self.cost_open_image_seconds,
+            self.cost_draw_seconds,
+            self.cost_verify_seconds,
+            self.cost_delete_seconds,
+            self.cost_correct_seconds,
+        )
+
+    @property
+    def display(self) -> Display:
+        """What people are shown before a version has calibrated its own."""
+        return Display(
+            threshold=self.prediction_score_threshold,
+            certain=self.certain_score_threshold,
+            nms_iou=self.display_nms_iou,
+            max_boxes=self.display_max_boxes,
+        )
+
+    @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
@@ -244,6 +300,14 @@ class Settings:
             raise ValueError(
                 f"setting TRAIN_BOX_LOSS must be one of {list(BOX_LOSSES)} and TRAIN_EMPHASIS >= 0, "
                 f"got {settings.train_box_loss!r} and {settings.train_emphasis!r}"
+            )
+        try:
+            settings.cost, settings.display  # noqa: B018 (each checks its values)
+        except ValueError as error:
+            raise ValueError(f"settings COST_*_SECONDS, DISPLAY_* and *_SCORE_THRESHOLD: {error}") from None
+        if not 0 < settings.certain_precision_target <= 1:
+            raise ValueError(
+                f"setting CERTAIN_PRECISION_TARGET must be in (0, 1], got {settings.certain_precision_target}"
             )
         return settings
 

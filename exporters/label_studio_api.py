@@ -17,14 +17,15 @@ PRIORITY_VIEW_TITLE = "Most informative first"
 QUICK_ACCEPTANCE_VIEW_TITLE = "Quick acceptance: self-labeled"
 PRIORITY_KEY = "priority"
 # written by write_task_data
-TASK_DATA_NUMBERS = (PRIORITY_KEY, "al_ratio", "uncertain_boxes", "self_labeled")
+TASK_DATA_NUMBERS = (PRIORITY_KEY, "al_ratio", "uncertain_boxes", "self_labeled", "seconds_saved")
 
 
 @dataclass(frozen=True)
 class TaskPrediction:
     """One task's share of a cycle: its regions, informativeness in [0, 1], the share of its
     shown boxes a person must check and how many boxes that is (ASM's AL ratio), and whether
-    the version trained on it with its own labels (CEAL)."""
+    the version trained on it with its own labels (CEAL), and the seconds its shown boxes are
+    expected to save an annotator (al_core.display)."""
 
     task_id: int
     regions: list[dict]
@@ -32,6 +33,7 @@ class TaskPrediction:
     al_ratio: float = 1.0
     uncertain_boxes: int = 0
     self_labeled: bool = False
+    seconds_saved: float = 0.0
 
 
 def prediction_payload(item: TaskPrediction, model_version: str) -> dict:
@@ -72,8 +74,9 @@ class LabelStudioProject:
 
     def write_task_data(self, items: Sequence[TaskPrediction]) -> None:
         """Each task's ``data.priority`` (informativeness), ``data.al_ratio`` (the share of its boxes
-        a person must check), ``data.uncertain_boxes`` and ``data.self_labeled`` (1 when the
-        version trained on the task with its own boxes), so Data Manager views can sort and
+        a person must check), ``data.uncertain_boxes``, ``data.self_labeled`` (1 when the
+        version trained on the task with its own boxes) and ``data.seconds_saved`` (what the shown
+        boxes are expected to save against drawing from scratch), so Data Manager views can sort and
         filter by them. Label Studio's PATCH replaces the whole ``data``, so each task is read
         fresh just before and only these fields change: edits made in Label Studio while the
         model trained are kept. No bulk update of task data exists: a GET and a PATCH per task,
@@ -86,6 +89,7 @@ class LabelStudioProject:
                 "al_ratio": round(item.al_ratio, 6),
                 "uncertain_boxes": item.uncertain_boxes,
                 "self_labeled": int(item.self_labeled),
+                "seconds_saved": round(item.seconds_saved, 2),
             }
             fresh = self.client.tasks.get(id=str(item.task_id)).data or {}
             self.client.tasks.update(id=str(item.task_id), data={**fresh, **fields})

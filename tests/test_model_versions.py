@@ -108,7 +108,8 @@ def test_task_data_patches_only_the_backend_fields_read_fresh():
 
     client = httpx.Client(transport=httpx.MockTransport(label_studio))
     project = LabelStudioProject("http://label-studio.test", LEGACY_TOKEN, 1, httpx_client=client)
-    project.write_task_data([TaskPrediction(7, [], 0.25, 0.5, 2)])
+    project.write_task_data([TaskPrediction(7, [], 0.25, 0.5, 2, seconds_saved=12.345)])
     assert patched["7"] == {
-        "image": "a.png", "note": "edited", "priority": 0.25, "al_ratio": 0.5, "uncertain_boxes": 2, "self_labeled": 0
+        "image": "a.png", "note": "edited", "priority": 0.25, "al_ratio": 0.5, "uncertain_boxes": 2, "self_labeled": 0,
+        "seconds_saved": 12.35,
     }  # fmt: skip

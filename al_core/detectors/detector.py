@@ -40,6 +40,9 @@ class Detector:
         self.device = device
         self.probs_kind = DETECTORS[version.detector].probs_kind
         self.lock = threading.Lock()
+        # The boxes people are shown, as this version's calibration chose them (al_core.display);
+        # None until a trained version's metrics provide it.
+        self.display = None
         self.features: dict[str, torch.Tensor] = {}
         self.model.backbone.register_forward_hook(self._keep_features)
         self._resized_sizes: list[tuple[int, int]] = []
