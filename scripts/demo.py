@@ -34,8 +34,13 @@ from label_studio_sdk import LabelStudio  # noqa: E402
 
 from al_core.datasets import DIGIT_CLASSES, DigitCanvasConfig, generate_digit_canvases  # noqa: E402
 from al_core.detectors import Detector  # noqa: E402
+from al_core.display import Display, annotator_seconds  # noqa: E402
 from al_core.evaluation import evaluate  # noqa: E402
+from al_core.pool import detect  # noqa: E402
+from al_core.versions import read_version  # noqa: E402
 from backend.connect import connect  # noqa: E402
+from backend.cycle import serving_display  # noqa: E402
+from backend.settings import Settings  # noqa: E402
 from exporters.label_studio_api import PRIORITY_VIEW_TITLE  # noqa: E402
 from exporters.label_studio_regions import box_to_percent  # noqa: E402
 
@@ -76,6 +81,20 @@ def wait_for_job(backend: str, project_id: int, known: set[str], timeout: float 
             return job
         time.sleep(2)
     raise SystemExit(f"no finished training run within {timeout} s")
+
+
+def measure(version_dir: Path, test) -> tuple[dict, float, float]:
+    """A version on the held-out canvases: its mAP, and an annotator's seconds per image from
+    scratch and from the boxes the backend serves with it (its calibrated display, else the
+    fixed thresholds), by the default cost model."""
+    settings = Settings()
+    detector = Detector.load(version_dir / "model.pt")
+    metrics = read_version(version_dir).metrics
+    if "display" in metrics:
+        detector.display = Display.from_dict(metrics["display"])
+    display = serving_display(settings, None, detector)
+    scratch, shown = annotator_seconds(detect(detector, [t.path for t in test]), test, display, settings.cost)
+    return evaluate(detector, test), scratch / len(test), shown / len(test)
 
 
 def main() -> int:
@@ -136,12 +155,15 @@ def main() -> int:
             job = wait_for_job(backend, project.id, known)
             known.add(job["id"])
             version = job["version"]
-            checkpoint = args.dir / "backend" / "models" / f"project-{project.id}" / version / "model.pt"
-            measured = evaluate(Detector.load(checkpoint), test)
+            measured, scratch, shown = measure(
+                args.dir / "backend" / "models" / f"project-{project.id}" / version, test
+            )
             labeled = cycle * args.per_cycle
-            rows.append((cycle, labeled, version, measured["map50"], measured["map"]))
+            rows.append((cycle, labeled, version, measured["map50"], measured["map"], scratch, shown))
             print(
-                f"cycle {cycle}: {labeled} labeled, version {version}, test mAP50 {measured['map50']:.3f}", flush=True
+                f"cycle {cycle}: {labeled} labeled, version {version}, test mAP50 {measured['map50']:.3f}, "
+                f"{shown:.1f} s per image pre-annotated against {scratch:.1f} s from scratch",
+                flush=True,
             )
 
         exports = args.dir / "backend" / "exports" / f"project-{project.id}"
@@ -150,10 +172,14 @@ def main() -> int:
         print(f"Label Studio:  {ls_server.url}/projects/{project.id}/data  (tab '{PRIORITY_VIEW_TITLE}')")
         print(f"  login:       {label_studio.USERNAME} / {label_studio.PASSWORD}")
         print(f"Backend:       {backend}  (basic auth {BACKEND_USER} / {BACKEND_PASSWORD})")
-        print(f"Held-out test: {args.test_images} canvases not in Label Studio\n")
-        print(f"{'cycle':>5}  {'labeled':>7}  {'version':<10}  {'mAP50':>6}  {'mAP':>6}")
-        for cycle, labeled, version, map50, map_ in rows:
-            print(f"{cycle:>5}  {labeled:>7}  {version:<10}  {map50:6.3f}  {map_:6.3f}")
+        print(f"Held-out test: {args.test_images} canvases not in Label Studio")
+        print(f"Annotator's seconds per held-out image (cost model: {Settings().cost.describe()}):")
+        print("  from scratch, and from the boxes the backend serves (every shown box reviewed)\n")
+        print(f"{'cycle':>5}  {'labeled':>7}  {'version':<10}  {'mAP50':>6}  {'mAP':>6}  {'s scratch':>9}  "
+              f"{'s served':>8}  {'ratio':>5}")  # fmt: skip
+        for cycle, labeled, version, map50, map_, scratch, shown in rows:
+            print(f"{cycle:>5}  {labeled:>7}  {version:<10}  {map50:6.3f}  {map_:6.3f}  {scratch:9.1f}  "
+                  f"{shown:8.1f}  {shown / scratch:5.2f}")  # fmt: skip
         print(f"\nCSV exports (image, score; most informative first): {exports}")
         for path in sorted(exports.glob("cycle_*.csv")):
             print(f"  {path}")

@@ -22,9 +22,14 @@ def test_demo_runs_cycles_and_says_where_everything_is(tmp_path):
     out = done.stdout
     assert f"Label Studio:  http://127.0.0.1:{ls_port}/projects/1/data" in out
     assert "login:       admin@example.com / " in out and f"Backend:       http://127.0.0.1:{port}" in out
-    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(p1-v\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    number = r"\s+([\d.]+)"
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(p1-v\d+)" + 5 * number + "$", out, re.M)
     assert [row[:3] for row in rows] == [("1", "10", "p1-v1"), ("2", "20", "p1-v2")]
     assert all(0 <= float(row[3]) <= 1 for row in rows)
+    # seconds per image from scratch: 2 s to open, 7 s per digit (1 to 4 per canvas)
+    assert all(9 <= float(row[5]) <= 30 and float(row[6]) > 0 for row in rows)
+    assert all(abs(float(row[7]) - float(row[6]) / float(row[5])) < 0.01 for row in rows)
+    assert "Annotator's seconds per held-out image (cost model: 2 s per image opened" in out
     exports = re.findall(r"^  (\S+cycle_\d+\.csv)$", out, re.M)
     assert len(exports) == 2
     for path in exports:

@@ -6,7 +6,7 @@ import torch
 
 from al_core.annotation_cost import CostModel
 from al_core.cooperation import BoxEdits
-from al_core.display import Display, calibrate
+from al_core.display import Display, calibrate, wilson_lower_bound
 from al_core.types import Detections, LabeledImage
 
 COST = CostModel(open_image=2, draw=7, verify=1.6, delete=2, correct=4)
@@ -71,20 +71,26 @@ def test_a_model_that_only_makes_work_shows_nothing():
 
 
 def test_certain_is_where_held_out_precision_reaches_the_target():
-    # Per image: object A found at 0.9; object B found at 0.6 in images 0-3, missed with a
-    # wrong 0.6 box elsewhere in images 4 and 5. Showing the 0.6 boxes still saves time.
+    # Per image: object A found at 0.9; object B found at 0.6 in 45 of 60 images, missed with a
+    # wrong 0.6 box elsewhere in the other 15. Showing the 0.6 boxes still saves time.
     truths, detections = [], []
-    for i in range(6):
+    for i in range(60):
         truths.append(truth([[0, 0, 20, 20], [40, 40, 60, 60]], [0, 0], f"i{i}"))
-        b = [40, 40, 60, 60] if i < 4 else [80, 80, 95, 95]
+        b = [40, 40, 60, 60] if i < 45 else [80, 80, 95, 95]
         detections.append(dets([[0, 0, 20, 20], b], [0, 0], [0.9, 0.6]))
-    result = calibrate(detections, truths, COST, Display(), precision_target=0.95, min_certain_boxes=5)
+    result = calibrate(detections, truths, COST, Display(), precision_target=0.95)
     assert result.display.threshold == pytest.approx(0.3)  # GRID[(0 + 11) // 2]: 0.05 .. 0.6 tie
-    assert result.display.certain == pytest.approx(0.65)  # 10/12 right from 0.3 up, 6/6 above 0.6
-    assert calibrate(detections, truths, COST, Display(), 0.8, min_certain_boxes=5).display.certain == pytest.approx(
-        0.3
-    )
-    assert calibrate(detections, truths, COST, Display(), 0.95, min_certain_boxes=10).display.certain == 1.0
+    # 105/120 right from 0.3 up; 60/60 above 0.6, whose lower bound 60 / (60 + 1.645^2) passes 0.95
+    assert result.display.certain == pytest.approx(0.65)
+    assert calibrate(detections, truths, COST, Display(), 0.8).display.certain == pytest.approx(0.3)
+    few = calibrate(detections[:50], truths[:50], COST, Display(), 0.95)  # 50/50: bound 0.948
+    assert few.display.certain == 1.0
+
+
+def test_wilson_lower_bound_hand_computed():
+    assert wilson_lower_bound(60, 60) == pytest.approx(60 / (60 + 1.645**2))
+    assert wilson_lower_bound(105, 120) == pytest.approx(0.817, abs=0.001)
+    assert wilson_lower_bound(0, 0) == 0.0
 
 
 def test_a_class_with_enough_held_out_boxes_gets_its_own_threshold():

@@ -49,8 +49,8 @@ def test_which_display_serves_a_project(tmp_path):
     chosen = serving_display(settings, None, trained)
     assert (chosen.threshold, chosen.calibrated, chosen.nms_iou, chosen.max_boxes) == (0.45, True, 0.5, 7)
     assert serving_display(settings, None, base) == settings.display
-    project = parse_certainty({"uncertain_threshold": 0.2, "certain_threshold": 0.9}, Certainty())
-    override = serving_display(settings, project, trained)
+    thresholds = parse_certainty({"uncertain_threshold": 0.2, "certain_threshold": 0.9}, Certainty())
+    override = serving_display(settings, thresholds, trained)
     assert (override.threshold, override.certain, override.calibrated) == (0.2, 0.9, False)
     assert parse_certainty({"something_else": 1}, Certainty()) is None  # the version's display decides
     assert parse_certainty(None, Certainty()) is None
