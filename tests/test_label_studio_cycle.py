@@ -21,7 +21,10 @@ import torch
 from label_studio_sdk import LabelStudio
 from prometheus_client.parser import text_string_to_metric_families
 
+from al_core.annotation_cost import CostModel
+from al_core.cooperation import correct_boxes, oracle_edits
 from al_core.datasets import generate_shapes, read_dataset
+from al_core.types import Certainty, Detections
 from al_core.versions import read_version
 from backend.store import Store
 from exporters.label_studio_api import QUICK_ACCEPTANCE_VIEW_TITLE as QUICK_ACCEPTANCE
@@ -252,7 +255,9 @@ def test_retrieve_predictions_action_fills_every_task_in_one_call(cycle, label_s
     assert metric(backend, "al_backend_requests_total", endpoint="/predict") - calls == 1
     assert metric(backend, "al_backend_images_scored_total") - images == 40  # every image downloaded and scored
     project.set_model_version(version, uncertainty_sampling=False)
-    found = total = 0
+    found = total = shown = right = 0
+    seconds = {"from scratch": 0.0, "pre-annotated": 0.0}
+    cost = CostModel()  # the backend's default cost model
     for task in ls.tasks.list(project=project_id, fields="all"):
         assert [p.model_version for p in task.predictions] == [version]
         if task.id not in cycle["labeled"]:
@@ -266,9 +271,20 @@ def test_retrieve_predictions_action_fills_every_task_in_one_call(cycle, label_s
         for box, label in zip(sample.boxes.tolist(), sample.labels.tolist()):
             total += 1
             found += any(iou(box, p) > 0.5 and name == CLASSES[label] for p, name in predicted)
+        # What an annotator spends on it, every shown box reviewed, against drawing every box.
+        boxes = torch.tensor([p for p, _ in predicted]).reshape(-1, 4)
+        labels = torch.tensor([CLASSES.index(name) for _, name in predicted], dtype=torch.long)
+        detections = Detections(boxes, labels, torch.ones(len(predicted)), (128, 128))
+        edits, _ = oracle_edits(detections, sample, Certainty(0.0, 1.0), cooperative=False)
+        shown, right = shown + len(predicted), right + correct_boxes(boxes, labels, sample)
+        seconds["from scratch"] += cost.from_scratch(len(sample.labels))
+        seconds["pre-annotated"] += cost.seconds(edits)
     cycle["recall"] = found / total
-    print(f"pre-annotations found {found} of {total} true boxes of the trained-on images")
+    print(f"pre-annotations found {found} of {total} true boxes of the trained-on images; {right} of {shown} "
+          f"shown boxes right; {seconds}")  # fmt: skip
     assert found / total >= 0.9, f"{found} of {total} true boxes found in the pre-annotations"
+    assert right / shown >= 0.6, f"only {right} of {shown} shown boxes are right"
+    assert seconds["pre-annotated"] < seconds["from scratch"], seconds
 
 
 def test_the_labeling_editor_shows_the_pre_annotations(cycle, label_studio_server, tmp_path):  # noqa: F811
