@@ -186,6 +186,32 @@ def seconds_table(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
+def seconds_summary(rows: list[dict], first_cycle: int = 1) -> pd.DataFrame:
+    """Per strategy, from ``first_cycle`` on (the first model trained on its own choices): the
+    mean over cycles of each way's seconds ratio to drawing from scratch (seeds pooled per
+    cycle), its worst ratio at any cycle of any seed, and the share of boxes accepted unseen
+    (box-level review) that are wrong."""
+    frame = pd.DataFrame(rows)
+    if "seconds_from_scratch" not in frame:
+        return pd.DataFrame()
+    frame = frame[(frame["chosen"].fillna(0) > 0) & (frame["cycle"] >= first_cycle)].copy()
+    result = []
+    for strategy, group in frame.groupby("strategy"):
+        entry = {"strategy": strategy, "cycles_from": first_cycle, "seeds": int(group["seed"].nunique())}
+        for key in list(SECONDS)[1:]:
+            per_cycle = group.groupby("cycle")[[key, "seconds_from_scratch"]].sum()
+            name = key.replace("seconds_", "")
+            entry[f"mean_ratio_{name}"] = float((per_cycle[key] / per_cycle["seconds_from_scratch"]).mean())
+            entry[f"worst_ratio_{name}"] = float((group[key] / group["seconds_from_scratch"]).max())
+        accepted = int(group["cooperative_accepted_boxes"].sum())
+        entry["accepted_unseen_boxes"] = accepted
+        entry["accepted_unseen_wrong_share"] = (
+            float(group["cooperative_wrong_boxes_kept"].sum() / accepted) if accepted else None
+        )
+        result.append(entry)
+    return pd.DataFrame(result)
+
+
 def seconds_markdown(rows: list[dict], cost: str = "") -> str:
     table = seconds_table(rows)
     if table.empty:
@@ -193,6 +219,17 @@ def seconds_markdown(rows: list[dict], cost: str = "") -> str:
     lines = ["Human seconds per image chosen for people (mean over seeds); ratio to drawing from scratch."]
     if cost:
         lines.append(f"Cost model: {cost}.")
+    lines += ["", "From cycle 1 on: mean ratio over cycles, and the worst ratio at any cycle of any seed.", ""]
+    header = ["strategy", "fixed 0.3: mean", "worst", "calibrated: mean", "worst", "cooperative: mean", "worst"]
+    header += ["accepted unseen", "of them wrong"]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for entry in seconds_summary(rows).to_dict("records"):
+        cells = [entry["strategy"]]
+        for name in ("fixed_threshold", "with_preannotations", "cooperative"):
+            cells += [f"{entry[f'mean_ratio_{name}']:.2f}", f"{entry[f'worst_ratio_{name}']:.2f}"]
+        share = entry["accepted_unseen_wrong_share"]
+        cells += [str(entry["accepted_unseen_boxes"]), "" if share is None or pd.isna(share) else f"{100 * share:.1f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
     header = ["strategy", "cycle", *(f"s/image {title}" for title in SECONDS.values())]
     header += [f"ratio {title}" for title in list(SECONDS.values())[1:]]
     lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -208,6 +245,7 @@ def write_report(rows: list[dict], out_dir: str | Path, cost: str = "") -> dict[
     out = Path(out_dir)
     pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
     summary(rows).to_json(out / "summary.json", orient="records", indent=2)
+    seconds_summary(rows).to_json(out / "seconds.json", orient="records", indent=2)
     parts = [markdown(rows), effort_markdown(rows), seconds_markdown(rows, cost)]
     (out / "report.md").write_text("\n\n".join(part for part in parts if part) + "\n")
     return {"csv": out / "results.csv", "plot": plot(rows, out / "map_vs_labels.png"), "table": out / "report.md"}

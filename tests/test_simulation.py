@@ -13,7 +13,7 @@ from al_core.annotation_cost import CostModel
 from al_core.datasets import DigitCanvasConfig, generate_digit_canvases, read_dataset, write_digit_canvases
 from al_core.display import GRID, Display
 from al_core.simulation import FIXED_DISPLAY, SimulationConfig, StrategySpec, _label_chosen, select, simulate
-from al_core.simulation_report import markdown, reach, summary, write_report
+from al_core.simulation_report import markdown, reach, seconds_summary, summary, write_report
 from al_core.types import Detections, LabeledImage
 
 
@@ -150,3 +150,19 @@ def test_the_chosen_images_work_counted_four_ways():
     assert work["seconds_from_scratch"] == pytest.approx(16)
     assert work["cooperative_accepted_boxes"] == 1 and work["cooperative_wrong_boxes_kept"] == 0
     assert labels[0] is truth and FIXED_DISPLAY.nms_iou == 1.0
+
+
+def test_seconds_summary_hand_computed():
+    def row(cycle, seed, scratch, calibrated, accepted=0, wrong=0):
+        return {"strategy": "s", "seed": seed, "cycle": cycle, "chosen": 2, "seconds_from_scratch": scratch,
+                "seconds_fixed_threshold": 2 * scratch, "seconds_with_preannotations": calibrated,
+                "seconds_cooperative": calibrated, "cooperative_accepted_boxes": accepted,
+                "cooperative_wrong_boxes_kept": wrong}  # fmt: skip
+
+    rows = [row(0, 0, 10, 50), row(1, 0, 10, 4), row(1, 1, 30, 6, 40, 1), row(2, 0, 20, 10, 10, 0)]
+    entry = seconds_summary(rows).iloc[0]
+    # cycle 0 is left out; cycle 1 pools its seeds: 10 / 40; cycle 2: 10 / 20
+    assert entry["mean_ratio_with_preannotations"] == pytest.approx((10 / 40 + 10 / 20) / 2)
+    assert entry["worst_ratio_with_preannotations"] == pytest.approx(0.5)
+    assert entry["mean_ratio_fixed_threshold"] == pytest.approx(2.0)
+    assert entry["accepted_unseen_wrong_share"] == pytest.approx(1 / 50) and entry["seeds"] == 2
