@@ -172,15 +172,17 @@ SECONDS = {  # row field -> column title: the human seconds of the images chosen
 
 
 def seconds_table(rows: list[dict]) -> pd.DataFrame:
-    """Per strategy and cycle, mean over seeds: the seconds per chosen image each way, and the
-    ratios of the pre-annotated ways to drawing from scratch."""
+    """Per strategy and cycle, mean over seeds: mAP@0.5 with the boxes and seconds its labels
+    cost, the seconds per chosen image each way, and the ratios of the pre-annotated ways to
+    drawing from scratch."""
     frame = pd.DataFrame(rows)
     if "seconds_from_scratch" not in frame:
         return pd.DataFrame()
     frame = frame[frame["chosen"].fillna(0) > 0].copy()
     for key in SECONDS:
         frame[key] = frame[key] / frame["chosen"]
-    table = frame.groupby(["strategy", "cycle"])[list(SECONDS)].mean().reset_index()
+    spent = ["map50", "labeled_boxes", "labeled_seconds"]  # what the model of that cycle was trained on
+    table = frame.groupby(["strategy", "cycle"])[spent + list(SECONDS)].mean().reset_index()
     for key in list(SECONDS)[1:]:
         table[key.replace("seconds_", "ratio_")] = table[key] / table["seconds_from_scratch"]
     return table
@@ -230,12 +232,15 @@ def seconds_markdown(rows: list[dict], cost: str = "") -> str:
         share = entry["accepted_unseen_wrong_share"]
         cells += [str(entry["accepted_unseen_boxes"]), "" if share is None or pd.isna(share) else f"{100 * share:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
-    header = ["strategy", "cycle", *(f"s/image {title}" for title in SECONDS.values())]
+    header = ["strategy", "cycle", "mAP@0.5", "labeled boxes", "labeled seconds"]
+    header += [f"s/image {title}" for title in SECONDS.values()]
     header += [f"ratio {title}" for title in list(SECONDS.values())[1:]]
     lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for row in table.itertuples(index=False):
         values = row._asdict()
-        cells = [values["strategy"], str(values["cycle"])] + [f"{values[key]:.1f}" for key in SECONDS]
+        cells = [values["strategy"], str(values["cycle"]), f"{100 * values['map50']:.1f}"]
+        cells += [f"{values['labeled_boxes']:.0f}", f"{values['labeled_seconds']:.0f}"]
+        cells += [f"{values[key]:.1f}" for key in SECONDS]
         cells += [f"{values[key.replace('seconds_', 'ratio_')]:.2f}" for key in list(SECONDS)[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
