@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, astuple, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -71,7 +72,9 @@ class SimulationConfig:
     initial: int = 20
     per_cycle: int = 20
     cycles: int = 5
-    budget_unit: str = "images"  # or "boxes": per_cycle counts boxes, as annotation cost does
+    # "images", "boxes" or "seconds": what initial and per_cycle count; seconds are a person's
+    # time by the cost model, from scratch for the first set, from the shown boxes after.
+    budget_unit: str = "images"
     detector: str = "cpu_preset"
     pretrained: str = "backbone"
     image_size: int = 0
@@ -110,8 +113,8 @@ class SimulationConfig:
         unknown = [s.name for s in self.strategies if s.name not in SCORERS]
         if unknown:
             raise ValueError(f"unknown strategies {unknown}; choose among {sorted(SCORERS)}")
-        if self.budget_unit not in ("images", "boxes"):
-            raise ValueError("budget_unit is 'images' or 'boxes'")
+        if self.budget_unit not in ("images", "boxes", "seconds"):
+            raise ValueError("budget_unit is 'images', 'boxes' or 'seconds'")
         if len({s.key for s in self.strategies}) != len(self.strategies):
             raise ValueError("two strategies share a name: give them distinct 'label's")
         known = {f.name for f in fields(TrainConfig)}
@@ -151,16 +154,20 @@ def load_data(config: SimulationConfig) -> tuple[list[LabeledImage], list[Labele
     return pool, test, data.class_names
 
 
-def select(order: list[int], pool: list[LabeledImage], amount: int, unit: str) -> list[int]:
-    """The first images of ``order`` worth ``amount`` images, or ``amount`` boxes."""
+def select(
+    order: list[int], pool: list[LabeledImage], amount: float, unit: str, seconds: Callable[[int], float] | None = None
+) -> list[int]:
+    """The first images of ``order`` worth ``amount`` images, boxes, or seconds of a person's
+    time (``seconds(index)``: what labeling that image costs)."""
     if unit == "images":
-        return order[:amount]
-    chosen, boxes = [], 0
+        return order[: int(amount)]
+    price = (lambda index: len(pool[index].labels)) if unit == "boxes" else seconds
+    chosen, spent = [], 0.0
     for index in order:
-        if boxes >= amount:
+        if spent >= amount:
             break
         chosen.append(index)
-        boxes += len(pool[index].labels)
+        spent += price(index)
     return chosen
 
 
@@ -185,11 +192,13 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "model.pt"
     rng = random.Random(seed)
+    cost = config.cost_model()
     if config.budget_unit == "images":
         labeled = sorted(rng.sample(range(len(pool)), config.initial))
     else:
-        labeled = sorted(select(rng.sample(range(len(pool)), len(pool)), pool, config.initial, "boxes"))
-    cost = config.cost_model()
+        order = rng.sample(range(len(pool)), len(pool))
+        from_scratch = lambda index: cost.from_scratch(len(pool[index].labels))  # noqa: E731
+        labeled = sorted(select(order, pool, config.initial, config.budget_unit, from_scratch))
     self_labeling = int(strategy.cooperation.get("self_labeling", 0))
     by_path = {image.path: image for image in pool}
     # The label each human-labeled image carries: the truth, or (box-level cooperation) the
@@ -272,7 +281,8 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
             row["scoring_seconds"] = round(time.perf_counter() - start, 2)
             row["rule"] = scored.rule
             ranked = [unlabeled[i] for i in ranking(scored.keys, scored.scores) if scored.scores[i].for_people]
-            chosen = select(ranked, pool, config.per_cycle, config.budget_unit)
+            price = _price(pool, detections, display, cost, bool(strategy.cooperation.get("box_level")))
+            chosen = select(ranked, pool, config.per_cycle, config.budget_unit, price)
             work, next_labels = _label_chosen(chosen, pool, detections, display, cost, strategy, labels)
             row.update(work)
             way = "seconds_cooperative" if strategy.cooperation.get("box_level") else "seconds_with_preannotations"
@@ -295,6 +305,16 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
         rows.append(row)
         previous, labeled, labels, pseudo, spent = labeled, next_labeled, next_labels, next_pseudo, next_spent
     return rows
+
+
+def _price(pool, detections, display: Display, cost: CostModel, box_level: bool) -> Callable[[int], float]:
+    """What labeling pool image ``index`` from its shown boxes costs the oracle, in seconds."""
+
+    def seconds(index: int) -> float:
+        shown = display.shown(detections[pool[index].path])
+        return cost.seconds(oracle_edits(shown, pool[index], display.certainty(), cooperative=box_level)[0])
+
+    return seconds
 
 
 def _cycle_display(config: SimulationConfig, strategy: StrategySpec, detector: Detector, held_out, cost) -> Display:

@@ -1,9 +1,11 @@
-"""A simulation's rows -> a Markdown table, a plot of mAP against labels spent, and per
-strategy the two figures users care about:
-- mean gain over random: the mean over cycles of (strategy's mean mAP@0.5 - random's), in points;
-- labels saved: 1 - L / L_random, where L_random is random's final labeled count and L the
-  labeled count at which the strategy's mean curve first reaches random's final mAP@0.5
-  (linear interpolation between cycles); "not reached" when it never does.
+"""A simulation's rows -> Markdown tables, a plot of mAP against what the labels cost, and per
+strategy the two figures users care about, at equal images, equal boxes and equal seconds:
+- mean gain over random: per seed, the area between the strategy's mAP@0.5 curve and random's
+  over the cost range both cover (linear between cycles), divided by that range, in points;
+  then the mean over seeds with its 95% t interval (paired by seed);
+- cost saved: 1 - C / C_random, where C_random is random's final cost and C the cost at which
+  the strategy's mean curve first reaches random's final mAP@0.5 (linear interpolation between
+  cycles); "not reached" when it never does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ matplotlib.use("Agg")  # no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
 
 
 def curves(rows: list[dict], x: str = "labeled_images") -> pd.DataFrame:
@@ -43,33 +46,75 @@ def reach(labeled: np.ndarray, values: np.ndarray, target: float) -> float | Non
     return None
 
 
-def summary(rows: list[dict], baseline: str = "random", x: str = "labeled_images") -> pd.DataFrame:
-    table = curves(rows, x)
-    if baseline not in set(table["strategy"]):
-        raise ValueError(f"the simulation has no {baseline!r} run to compare with")
+UNITS = {"images": "labeled_images", "boxes": "labeled_boxes", "seconds": "labeled_seconds"}
+
+
+def paired_gain(strategy: pd.DataFrame, base: pd.DataFrame, x: str) -> float | None:
+    """One seed's mean gain in mAP@0.5 points over the baseline at equal cost ``x``: the area
+    between the two curves (linear between cycles) over the cost range both cover, divided by
+    that range. None when the ranges do not overlap."""
+    sx, sy = strategy[x].to_numpy(float), strategy["map50"].to_numpy(float)
+    bx, by = base[x].to_numpy(float), base["map50"].to_numpy(float)
+    low, high = max(sx[0], bx[0]), min(sx[-1], bx[-1])
+    if high <= low:
+        return None
+    grid = np.unique(np.concatenate([[low, high], sx[(sx > low) & (sx < high)], bx[(bx > low) & (bx < high)]]))
+    difference = np.interp(grid, sx, sy) - np.interp(grid, bx, by)
+    return float(100 * np.trapezoid(difference, grid) / (high - low))
+
+
+def mean_ci95(values: list[float]) -> tuple[float | None, list[float] | None]:
+    """The mean and its 95% t interval over seeds (paired gains); no interval from one seed."""
+    if not values:
+        return None, None
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, None
+    half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+    return mean, [mean - half, mean + half]
+
+
+def _saved(table: pd.DataFrame, strategy: str, baseline: str) -> float | None:
+    """1 - C / C_random: C the cost at which the strategy's mean curve first reaches random's
+    final mean mAP@0.5, C_random random's final cost."""
+    base = table[table["strategy"] == baseline].sort_values("cycle")
+    group = table[table["strategy"] == strategy].sort_values("cycle")
+    reached = reach(group["labeled"].to_numpy(), group["map50_mean"].to_numpy(), base["map50_mean"].iloc[-1])
+    return None if reached is None else 1 - reached / base["labeled"].iloc[-1]
+
+
+def summary(rows: list[dict], baseline: str = "random") -> pd.DataFrame:
+    """Per strategy: final mAP, and at equal images, boxes and seconds (where the rows count
+    them) the mean gain over random paired by seed (``gain_<unit>``, with ``gain_<unit>_ci95``)
+    and the share of that cost saved to reach random's final mAP (``saved_<unit>``)."""
     frame = pd.DataFrame(rows)
+    if baseline not in set(frame["strategy"]):
+        raise ValueError(f"the simulation has no {baseline!r} run to compare with")
+    units = {unit: x for unit, x in UNITS.items() if x in frame and frame[x].notna().all()}
+    tables = {unit: curves(rows, x) for unit, x in units.items()}
     last = frame[frame["cycle"] == frame.groupby(["strategy", "seed"])["cycle"].transform("max")]
     per_seed = last.sort_values("seed").groupby("strategy")["map50"].apply(list)
-    base = table[table["strategy"] == baseline].sort_values("cycle")
-    target, base_labels = base["map50_mean"].iloc[-1], base["labeled"].iloc[-1]
+    runs = {key: run.sort_values("cycle") for key, run in frame.groupby(["strategy", "seed"])}
     result = []
-    for strategy, group in table.groupby("strategy"):
+    for strategy, group in tables["images"].groupby("strategy"):
         group = group.sort_values("cycle")
-        gains = group["map50_mean"].to_numpy() - base["map50_mean"].to_numpy()[: len(group)]
-        reached = reach(group["labeled"].to_numpy(), group["map50_mean"].to_numpy(), target)
-        result.append(
-            {
-                "strategy": strategy,
-                "final_map50": group["map50_mean"].iloc[-1],
-                "final_map50_std": group["map50_std"].iloc[-1],
-                "final_map50_per_seed": per_seed[strategy],
-                "mean_gain_map50_points": 100 * gains.mean(),
-                "labels_saved": None if reached is None else 1 - reached / base_labels,
-                "train_seconds_per_cycle": group["train_seconds"].mean(),
-                "scoring_seconds_per_cycle": group["scoring_seconds"].mean(),
-            }
-        )
-    return pd.DataFrame(result).sort_values("mean_gain_map50_points", ascending=False).reset_index(drop=True)
+        entry = {
+            "strategy": strategy,
+            "final_map50": group["map50_mean"].iloc[-1],
+            "final_map50_std": group["map50_std"].iloc[-1],
+            "final_map50_per_seed": per_seed[strategy],
+            "seeds": int(group["seeds"].max()),
+        }
+        seeds = [seed for (name, seed) in runs if name == strategy and (baseline, seed) in runs]
+        for unit, x in units.items():
+            gains = [paired_gain(runs[strategy, seed], runs[baseline, seed], x) for seed in seeds]
+            entry[f"gain_{unit}"], entry[f"gain_{unit}_ci95"] = mean_ci95([g for g in gains if g is not None])
+            entry[f"saved_{unit}"] = _saved(tables[unit], strategy, baseline)
+        entry["train_seconds_per_cycle"] = group["train_seconds"].mean()
+        entry["scoring_seconds_per_cycle"] = group["scoring_seconds"].mean()
+        result.append(entry)
+    key = "gain_seconds" if "seconds" in units else "gain_boxes" if "boxes" in units else "gain_images"
+    return pd.DataFrame(result).sort_values(key, ascending=False).reset_index(drop=True)
 
 
 AXES = {"labeled_images": "labeled images", "labeled_boxes": "labeled boxes", "labeled_seconds": "labeled seconds"}
@@ -98,22 +143,32 @@ def plot(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
+def _gain_cell(entry: dict, unit: str) -> str:
+    gain, interval = entry.get(f"gain_{unit}"), entry.get(f"gain_{unit}_ci95")
+    if gain is None or pd.isna(gain):
+        return ""
+    return f"{gain:+.2f}" + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if isinstance(interval, list) else "")
+
+
+def _saved_cell(entry: dict, unit: str) -> str:
+    saved = entry.get(f"saved_{unit}")
+    return "not reached" if saved is None or pd.isna(saved) else f"{100 * saved:.0f}%"
+
+
 def markdown(rows: list[dict]) -> str:
-    header = ["strategy", "final mAP@0.5", "per seed", "mean gain over random (mAP@0.5 points)"]
-    header += ["labels saved to reach random's final mAP", "train s/cycle", "scoring s/cycle"]
+    table = summary(rows)
+    units = [unit for unit in UNITS if f"gain_{unit}" in table]
+    header = ["strategy", "final mAP@0.5", "per seed"]
+    header += [f"gain over random at equal {unit} [95% CI]" for unit in units]
+    header += [f"{unit} saved to reach random's final mAP" for unit in units]
+    header += ["train s/cycle", "scoring s/cycle"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for r in summary(rows).itertuples():
-        saved = "not reached" if r.labels_saved is None or pd.isna(r.labels_saved) else f"{100 * r.labels_saved:.0f}%"
-        spread = 0.0 if pd.isna(r.final_map50_std) else 100 * r.final_map50_std
-        seeds = ", ".join(f"{100 * value:.1f}" for value in r.final_map50_per_seed)
-        cells = [
-            r.strategy,
-            f"{100 * r.final_map50:.1f} ± {spread:.1f}",
-            seeds,
-            f"{r.mean_gain_map50_points:+.2f}",
-            saved,
-        ]
-        cells += [f"{r.train_seconds_per_cycle:.0f}", f"{r.scoring_seconds_per_cycle:.1f}"]
+    for entry in table.to_dict("records"):
+        spread = 0.0 if pd.isna(entry["final_map50_std"]) else 100 * entry["final_map50_std"]
+        seeds = ", ".join(f"{100 * value:.1f}" for value in entry["final_map50_per_seed"])
+        cells = [entry["strategy"], f"{100 * entry['final_map50']:.1f} ± {spread:.1f}", seeds]
+        cells += [_gain_cell(entry, unit) for unit in units] + [_saved_cell(entry, unit) for unit in units]
+        cells += [f"{entry['train_seconds_per_cycle']:.0f}", f"{entry['scoring_seconds_per_cycle']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     table = curves(rows)
     per_cycle = table.pivot(index="cycle", columns="strategy", values="map50_mean")

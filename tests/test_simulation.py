@@ -49,6 +49,8 @@ def test_budget_in_boxes():
     pool = [LabeledImage("x", torch.zeros(n, 4), torch.zeros(n, dtype=torch.long)) for n in (3, 1, 4, 2)]
     assert select([2, 0, 1, 3], pool, 5, "boxes") == [2, 0]  # 4 boxes, then 7 >= 5
     assert select([2, 0, 1, 3], pool, 2, "images") == [2, 0]
+    assert select([2, 0, 1, 3], pool, 20, "seconds", lambda i: 2 + 7 * len(pool[i].labels)) == [2]  # 30 s
+    assert select([1, 3, 2], pool, 20, "seconds", lambda i: 2 + 7 * len(pool[i].labels)) == [1, 3]  # 9 + 16 s
 
 
 def test_reach_and_summary_hand_computed():
@@ -60,9 +62,31 @@ def test_reach_and_summary_hand_computed():
             rows.append({"strategy": strategy, "seed": 0, "cycle": cycle, "labeled_images": 10 * (cycle + 1),
                          "map50": value, "map": value / 2, "train_seconds": 1.0, "scoring_seconds": 0.5})  # fmt: skip
     table = summary(rows).set_index("strategy")
-    assert table.loc["smart", "mean_gain_map50_points"] == pytest.approx(100 * (0 + 0.1 + 0.1) / 3)
+    # the area between the curves over 10..30 images: 0.05 x 10 + 0.1 x 10, over 20 images
+    assert table.loc["smart", "gain_images"] == pytest.approx(100 * 0.075)
     # random ends at 0.5 with 30 images; smart reaches 0.5 at 20 images: a third saved
-    assert table.loc["smart", "labels_saved"] == pytest.approx(1 / 3)
+    assert table.loc["smart", "saved_images"] == pytest.approx(1 / 3)
+    assert table.loc["smart", "gain_images_ci95"] is None and "gain_boxes" not in table  # one seed, no boxes
+
+
+def test_gains_at_equal_boxes_are_paired_by_seed_with_an_interval():
+    rows = []
+    # smart buys twice the boxes per image: ahead at equal images, level at equal boxes
+    for seed, offset in ((0, 0.0), (1, 0.02), (2, -0.01)):
+        for strategy, per_image in (("random", 1), ("smart", 2)):
+            for cycle in range(3):
+                images = 10 * (cycle + 1)
+                boxes = per_image * images
+                rows.append({"strategy": strategy, "seed": seed, "cycle": cycle, "labeled_images": images,
+                             "labeled_boxes": boxes, "map50": 0.01 * boxes + offset, "map": 0.0,
+                             "train_seconds": 1.0, "scoring_seconds": 0.5})  # fmt: skip
+    entry = summary(rows).set_index("strategy").loc["smart"]
+    assert entry["gain_images"] > 5 and entry["seeds"] == 3
+    assert entry["gain_boxes"] == pytest.approx(0.0, abs=1e-9)
+    low, high = entry["gain_boxes_ci95"]
+    assert low == pytest.approx(0.0, abs=1e-9) and high == pytest.approx(0.0, abs=1e-9)
+    # random ends at mean 0.3033 with 30 images and 30 boxes; smart gets there at 15 images, 30 boxes
+    assert entry["saved_images"] == pytest.approx(0.5) and entry["saved_boxes"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_report_lists_each_seeds_final_map_in_seed_order():
@@ -73,7 +97,7 @@ def test_report_lists_each_seeds_final_map_in_seed_order():
         for cycle, value in enumerate(maps)
     ]  # fmt: skip
     assert summary(rows).loc[0, "final_map50_per_seed"] == [0.5, 0.7]
-    assert "| random | 60.0 ± 14.1 | 50.0, 70.0 | +0.00 |" in markdown(rows)
+    assert "| random | 60.0 ± 14.1 | 50.0, 70.0 | +0.00 [+0.0, +0.0] |" in markdown(rows)
 
 
 def test_simulation_smoke_runs_resumes_and_reports(tmp_path):
@@ -166,3 +190,16 @@ def test_seconds_summary_hand_computed():
     assert entry["worst_ratio_with_preannotations"] == pytest.approx(0.5)
     assert entry["mean_ratio_fixed_threshold"] == pytest.approx(2.0)
     assert entry["accepted_unseen_wrong_share"] == pytest.approx(1 / 50) and entry["seeds"] == 2
+
+
+def test_a_budget_in_seconds_buys_that_much_of_a_persons_time(tmp_path):
+    config = SimulationConfig(
+        out_dir=str(tmp_path / "out"), dataset={"generate": {"count": 32, "seed": 0}}, strategies=[StrategySpec("random")],
+        seeds=[0], initial=60, per_cycle=60, cycles=1, budget_unit="seconds", epochs_first=1, epochs_per_cycle=1,
+    )  # fmt: skip
+    config.check()
+    first, last = simulate(config, progress=False)
+    # 2 s to open a canvas, 7 s per digit (1 to 4 digits): the last image bought costs at most 30 s
+    assert 60 <= first["labeled_seconds"] < 60 + 30
+    assert 60 <= first["seconds_with_preannotations"] < 60 + 30
+    assert last["labeled_seconds"] == pytest.approx(first["labeled_seconds"] + first["seconds_with_preannotations"], abs=0.2)
