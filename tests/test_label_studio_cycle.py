@@ -130,6 +130,8 @@ def cycle(label_studio_server, image_server, shapes, tmp_path_factory):  # noqa:
         "FETCH_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}",
         "TRAIN_MIN_NEW_ANNOTATIONS": str(LABELED),
         "TRAIN_EPOCHS": "8",
+        # 16 labels hold 3 images out of training: enough here to calibrate what people see
+        "CALIBRATION_MIN_IMAGES": "3",
         "AL_BUDGET": "10",
     }
     backend = start_backend(env, state / "backend.log")
@@ -255,7 +257,7 @@ def test_retrieve_predictions_action_fills_every_task_in_one_call(cycle, label_s
     assert metric(backend, "al_backend_requests_total", endpoint="/predict") - calls == 1
     assert metric(backend, "al_backend_images_scored_total") - images == 40  # every image downloaded and scored
     project.set_model_version(version, uncertainty_sampling=False)
-    found = total = shown = right = 0
+    found = located = total = shown = right = 0
     seconds = {"from scratch": 0.0, "pre-annotated": 0.0}
     cost = CostModel()  # the backend's default cost model
     for task in ls.tasks.list(project=project_id, fields="all"):
@@ -271,6 +273,7 @@ def test_retrieve_predictions_action_fills_every_task_in_one_call(cycle, label_s
         for box, label in zip(sample.boxes.tolist(), sample.labels.tolist()):
             total += 1
             found += any(iou(box, p) > 0.5 and name == CLASSES[label] for p, name in predicted)
+            located += any(iou(box, p) > 0.5 for p, _ in predicted)
         # What an annotator spends on it, every shown box reviewed, against drawing every box.
         boxes = torch.tensor([p for p, _ in predicted]).reshape(-1, 4)
         labels = torch.tensor([CLASSES.index(name) for _, name in predicted], dtype=torch.long)
@@ -280,9 +283,11 @@ def test_retrieve_predictions_action_fills_every_task_in_one_call(cycle, label_s
         seconds["from scratch"] += cost.from_scratch(len(sample.labels))
         seconds["pre-annotated"] += cost.seconds(edits)
     cycle["recall"] = found / total
-    print(f"pre-annotations found {found} of {total} true boxes of the trained-on images; {right} of {shown} "
-          f"shown boxes right; {seconds}")  # fmt: skip
-    assert found / total >= 0.9, f"{found} of {total} true boxes found in the pre-annotations"
+    print(f"pre-annotations of the trained-on images: {located} of {total} true boxes covered, {found} with "
+          f"the right label; {right} of {shown} shown boxes right; {seconds}")  # fmt: skip
+    # One box per object (class-agnostic NMS): a confused label is a box to fix, not a second box.
+    assert located / total >= 0.85, f"{located} of {total} true boxes covered by the pre-annotations"
+    assert found / total >= 0.7, f"{found} of {total} true boxes found with their label"
     assert right / shown >= 0.6, f"only {right} of {shown} shown boxes are right"
     assert seconds["pre-annotated"] < seconds["from scratch"], seconds
 
