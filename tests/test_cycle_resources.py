@@ -121,6 +121,10 @@ def test_a_cycle_whose_images_are_three_times_the_cache_cap(backend, project, tm
     assert sum(p.stat().st_size for p in cache.iterdir()) <= total // 3  # evictions did happen
     assert list((tmp_path / "state" / "jobs").iterdir()) == []  # the run's own copies are gone
     assert ext["store"].active_version(1).name == job.version
+    # 12 labeled tasks hold 2 images out, under CALIBRATION_MIN_IMAGES (5): the fixed thresholds stay
+    metrics = read_version(ext["store"].active_version(1).path).metrics
+    assert "display" not in metrics and "CALIBRATION_MIN_IMAGES" in metrics["calibration"]["note"]
+    assert ext["models"].for_project(1).display is None
 
 
 def test_every_bad_task_is_skipped_with_its_reason_and_the_cycle_goes_on(backend, project, monkeypatch, image_server):
