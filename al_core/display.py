@@ -86,6 +86,24 @@ class Display:
             total += q * (cost.draw - cost.verify) - (1 - q) * cost.delete
         return round(total, 2)
 
+    def expected_seconds(self, detections: Detections, cost: CostModel) -> float:
+        """What labeling the image from this display is expected to cost a person, without the
+        truth: each shown box is checked (right with its score decile's held-out precision q) or
+        deleted, and each hidden candidate (after NMS) is an object to draw with its own q. The
+        box's score stands in for q before calibration."""
+        candidates = _after_nms(detections, self)
+        shown = self.shown(detections)
+        q = self._right_probability(shown.scores)
+        hidden = float(self._right_probability(candidates.scores).sum() - q.sum())
+        checked = float((q * cost.verify + (1 - q) * cost.delete).sum())
+        return round(cost.open_image + checked + max(hidden, 0.0) * cost.draw, 2)
+
+    def _right_probability(self, scores: torch.Tensor) -> torch.Tensor:
+        if not self.precision:
+            return scores.clamp(0, 1)
+        bins = (scores * PRECISION_BINS).long().clamp(0, PRECISION_BINS - 1)
+        return torch.tensor(self.precision)[bins]
+
     def describe(self) -> dict:
         """What a prediction's metadata says about the display that chose its boxes."""
         about = {"threshold": self.threshold, "certain": self.certain, "calibrated": self.calibrated}

@@ -60,6 +60,16 @@ def check_needs(scorer: Scorer, detector: Detector, context: ScoringContext) -> 
         raise ValueError(f"{scorer.name} needs the labeled images (--labeled)")
 
 
+def prepare_context(scorer: Scorer, detector: Detector, context: ScoringContext, batch_size: int = 16) -> None:
+    """Checks what ``scorer`` needs and adds what it needs of the labeled images to ``context``:
+    their image features, the detector's per-class quality on them."""
+    check_needs(scorer, detector, context)
+    if context.labeled and context.labeled_features is None and scorer.needs & {"labeled_set", "image_features"}:
+        context.labeled_features = image_features(detector, [s.path for s in context.labeled], batch_size)
+    if context.labeled and context.class_quality is None and "class_quality" in scorer.needs:
+        context.class_quality = labeled_class_quality(detector, context.labeled, batch_size)
+
+
 def score_pool(
     detector: Detector,
     paths: Sequence[str],
@@ -83,11 +93,7 @@ def score_pool(
     rule = strategy
     if "trained_head" in scorer.needs and not detector.version.trained:
         scorer, rule = create_scorer("coreset"), COLD_START_RULE
-    check_needs(scorer, detector, context)
-    if context.labeled and context.labeled_features is None and scorer.needs & {"labeled_set", "image_features"}:
-        context.labeled_features = image_features(detector, [s.path for s in context.labeled], batch_size)
-    if context.labeled and context.class_quality is None and "class_quality" in scorer.needs:
-        context.class_quality = labeled_class_quality(detector, context.labeled, batch_size)
+    prepare_context(scorer, detector, context, batch_size)
     scores: list[ImageScore] = []
     for start in tqdm(range(0, len(paths), batch_size), desc=f"scoring ({rule})", disable=not progress):
         chunk = paths[start : start + batch_size]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from .detectors import Detector
-from .pool import ScoredPool, check_needs
+from .pool import ScoredPool, prepare_context
 from .scoring import PoolImage, Scorer, ScoringContext, create_scorer
 from .types import Detections, ImageScore
 
@@ -75,6 +75,7 @@ def _boxes_json(detections: Detections) -> str:
             "labels": detections.labels.tolist(),
             "scores": detections.scores.tolist(),
             "image_size": list(detections.image_size),
+            "image_features": None if detections.image_features is None else detections.image_features.tolist(),
         }
     )
 
@@ -88,6 +89,7 @@ def _boxes_from_json(text: str) -> Detections:
         torch.tensor(fields["labels"], dtype=torch.int64),
         torch.tensor(fields["scores"], dtype=torch.float32),
         tuple(fields["image_size"]),
+        image_features=None if fields.get("image_features") is None else torch.tensor(fields["image_features"]),
     )
 
 
@@ -104,7 +106,8 @@ def score_pool_ray(
 ) -> ScoredPool:
     """``score_pool`` of the detector saved at ``checkpoint``, on Ray; keys are the paths, in
     the order given. ``on_progress(n)`` hears how many images are scored so far;
-    ``on_detections(path, detections)`` gets each image's boxes, labels and scores."""
+    ``on_detections(path, detections)`` gets each image's boxes, labels, scores and image
+    features (the pre-NMS candidate scores stay on the replica)."""
     import ray
 
     options = options or RayOptions()
@@ -116,7 +119,7 @@ def score_pool_ray(
             "or its head is untrained (the cold-start rule)"
         )
     context = context or ScoringContext()
-    check_needs(create_scorer(strategy, **params), detector, context)
+    prepare_context(create_scorer(strategy, **params), detector, context, batch_size)  # e.g. class quality
     context.detector = None  # each replica sets its own
     if not ray.is_initialized():
         ray.init(address=options.address or None, include_dashboard=False, log_to_driver=False)

@@ -27,10 +27,11 @@ from .datasets import DigitCanvasConfig, read_dataset, write_digit_canvases
 from .detectors import Detector
 from .display import Display, calibrate
 from .evaluation import evaluate
-from .pool import detect, score_pool
+from .pool import ScoredPool, detect, image_features, score_pool
+from .priority import PriorityRule, prioritize
 from .scoring import SCORERS, ScoringContext
 from .selection import ranking
-from .training import TrainConfig, split_held_out, train_detector
+from .training import TrainConfig, final_pass, split_held_out, train_detector
 from .types import Detections, LabeledImage
 
 # Today's display before calibration, the reference the calibrated one is measured against:
@@ -49,6 +50,9 @@ class StrategySpec:
     # to N pseudo-labeled images per cycle (loss weight: train.pseudo_weight); "certain" and
     # "uncertain" fix the box thresholds (otherwise each cycle's calibration chooses them).
     cooperation: dict = field(default_factory=dict)
+    # al_core.priority's rule: {"cost_aware": true} ranks per expected second, and
+    # {"near_duplicates": true} pushes near copies of a chosen or labeled image to the end.
+    priority: dict = field(default_factory=dict)
 
     def fixed_display(self, base: Display) -> Display | None:
         """The display this strategy fixes with "certain"/"uncertain", or None (calibrated)."""
@@ -88,6 +92,9 @@ class SimulationConfig:
     # Labeled images held out of training each cycle, as the service does (none under 5), to
     # calibrate what people are shown; 0: no calibration, the fixed thresholds.
     held_out_fraction: float = 0.2
+    # The service's rule: after calibration, a short pass over every label, held-out ones too
+    # (al_core.training.final_pass); False: the held-out images never train.
+    final_pass: bool = True
     cost: dict = field(default_factory=dict)  # CostModel fields (seconds per action)
     # Display fields (nms_iou, max_boxes) and calibration's precision_target for certain boxes.
     display: dict = field(default_factory=dict)
@@ -125,6 +132,7 @@ class SimulationConfig:
             if unknown:
                 raise ValueError(f"{spec.key}: unknown cooperation options {sorted(unknown)}")
             spec.fixed_display(self.base_display())  # checks the thresholds
+            PriorityRule(**spec.priority)
         self.cost_model()
         unknown = set(self.display) - {"nms_iou", "max_boxes", "precision_target"}
         if unknown:
@@ -237,9 +245,11 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
         recent = {pool[i].path for i in set(labeled) - set(previous)} if previous else set()
         train, held_out = split_held_out(samples, config.held_out_fraction, train_config.seed, recent=recent)
         result = train_detector(detector, train, train_config, pseudo=pseudo)
+        display = _cycle_display(config, strategy, detector, [by_path[s.path] for s in held_out], cost)
+        if held_out and config.final_pass:  # the service's rule: every label trains the served model
+            train_detector(detector, samples, final_pass(train_config, config.held_out_fraction), pseudo=pseudo)
         metrics = evaluate(detector, test)
         detector.save(checkpoint, f"{strategy.key}-seed{seed}-cycle{cycle}")
-        display = _cycle_display(config, strategy, detector, [by_path[s.path] for s in held_out], cost)
         row = {
             "strategy": strategy.key,
             "seed": seed,
@@ -262,22 +272,10 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
         next_labeled, next_labels, next_pseudo, next_spent = labeled, labels, pseudo, spent
         if cycle < config.cycles:
             unlabeled = [i for i in range(len(pool)) if i not in set(labeled)]
-            budget = config.budget_for_diversity or config.per_cycle
-            context = ScoringContext(labeled=samples, budget=budget, seed=seed * 1000 + cycle)
             detections: dict[str, Detections] = {}
-
-            def keep(path: str, det: Detections, into: dict = detections) -> None:
-                into[path] = replace(det, box_features=None, class_probs=None)  # what the display needs
-
             start = time.perf_counter()
-            scored = score_pool(
-                detector,
-                [pool[i].path for i in unlabeled],
-                strategy.name,
-                strategy.params,
-                context,
-                on_detections=keep,
-            )
+            scored = _score(config, strategy, detector, pool, unlabeled, samples, display, cost, seed * 1000 + cycle,
+                            detections)  # fmt: skip
             row["scoring_seconds"] = round(time.perf_counter() - start, 2)
             row["rule"] = scored.rule
             ranked = [unlabeled[i] for i in ranking(scored.keys, scored.scores) if scored.scores[i].for_people]
@@ -305,6 +303,26 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
         rows.append(row)
         previous, labeled, labels, pseudo, spent = labeled, next_labeled, next_labels, next_pseudo, next_spent
     return rows
+
+
+def _score(config, strategy, detector, pool, unlabeled, samples, display, cost, seed, detections) -> ScoredPool:
+    """The unlabeled images scored by the strategy, in the order its priority rule gives;
+    ``detections`` receives every image's detections (what the display needs)."""
+    budget = config.budget_for_diversity or config.per_cycle
+    context = ScoringContext(labeled=samples, budget=budget, seed=seed, display=display)
+
+    def keep(path: str, det: Detections) -> None:
+        detections[path] = replace(det, box_features=None, class_probs=None)
+
+    paths = [pool[i].path for i in unlabeled]
+    scored = score_pool(detector, paths, strategy.name, strategy.params, context, on_detections=keep)
+    rule = PriorityRule(**strategy.priority)
+    if rule.cost_aware or rule.near_duplicates:
+        seconds = [display.expected_seconds(detections[p], cost) for p in paths]
+        features = torch.stack([detections[p].image_features for p in paths])
+        seen = image_features(detector, [s.path for s in samples]) if rule.near_duplicates else None
+        scored.scores = prioritize(paths, scored.scores, rule, seconds, features, len(paths), seen, seed)
+    return scored
 
 
 def _price(pool, detections, display: Display, cost: CostModel, box_level: bool) -> Callable[[int], float]:

@@ -21,13 +21,14 @@ from al_core.detectors.loss_head import attach_loss_head
 from al_core.display import Display, calibrate
 from al_core.evaluation import evaluate
 from al_core.images import load_rgb
-from al_core.pool import detect, score_pool
+from al_core.pool import detect, image_features, score_pool
+from al_core.priority import prioritize
 from al_core.ray_scoring import RayOptions, ray_can_score, score_pool_ray
 from al_core.ray_training import train_detector_ray
 from al_core.scoring import AGGREGATIONS, SCORERS, ScoringContext
 from al_core.scoring.uncertainty import UncertaintyScorer
 from al_core.tensorboard_log import log_pool
-from al_core.training import TrainConfig, split_held_out, train_detector
+from al_core.training import TrainConfig, final_pass, split_held_out, train_detector
 from al_core.types import Certainty, Detections, LabeledImage
 from al_core.versions import read_version, write_version
 from exporters.coco import write_coco
@@ -240,6 +241,11 @@ def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
     metrics.update(labeled=len(samples), held_out=len(held_out), pseudo_labeled=len(pseudo))
     report(0.68, "calibrating what people are shown on the held-out images")
     metrics.update(calibration(settings, detector, held_out))
+    if held_out:  # every label trains the served version; its figures came from unseen images
+        last = final_pass(train_config, settings.train_held_out_fraction)
+        report(0.69, f"a last pass over every label, held-out images too ({last.epochs} epochs)")
+        train_detector(detector, samples, last, pseudo=pseudo)
+        metrics.update(final_pass_epochs=last.epochs)
 
     report(0.7, "saving the new model version")
     root = settings.data_path / "models" / f"project-{job.project_id}"
@@ -380,12 +386,17 @@ def _score_and_push(
 
     certainty = display.certainty()
 
+    seconds: dict[str, float] = {}
+
     def keep(path: str, det: Detections) -> None:
         kept[path] = display.shown(det)
+        seconds[path] = display.expected_seconds(det, settings.cost)
         regions[path] = detections_to_regions(kept[path], detector.class_names, config, certainty)
 
-    params = {"aggregation": job.params.get("aggregation", settings.al_aggregation)} if _aggregates(strategy) else {}
-    context = ScoringContext(labeled=samples, budget=settings.al_budget)
+    params = {}
+    if _aggregates(strategy):
+        params = {"aggregation": job.params.get("aggregation", settings.al_aggregation), "boxes": settings.boxes}
+    context = ScoringContext(labeled=samples, budget=settings.al_budget, display=display)
     if settings.executor == "ray" and ray_can_score(strategy, params, detector):
         options = RayOptions(settings.ray_address, settings.ray_replicas, 1.0 if detector.device.type == "cuda" else 0)
         checkpoint = detector.version.checkpoint
@@ -394,6 +405,7 @@ def _score_and_push(
                                 on_detections=keep)  # fmt: skip
     else:
         scored = score_pool(detector, paths, strategy, params, context, settings.predict_batch_size, on_detections=keep)
+    scored.scores = _prioritized(settings, detector, scored, samples, seconds, kept)
     items, scores = [], []
     for path, score in zip(scored.keys, scored.scores, strict=True):
         for task in by_path[path]:
@@ -408,6 +420,19 @@ def _score_and_push(
     report(0.85, f"pushing {len(items)} predictions and priorities to Label Studio")
     push(services, project, [item[3] for item in items], version)
     return [(task, path, score, kept[path]) for task, path, score, _ in items]
+
+
+def _prioritized(settings, detector, scored, samples, seconds, kept) -> list:
+    """The scores in AL_COST_AWARE's and AL_NEAR_DUPLICATES' order (al_core.priority)."""
+    rule = settings.priority
+    if not (rule.cost_aware or rule.near_duplicates):
+        return scored.scores
+    features = seen = None
+    if rule.near_duplicates:
+        features = torch.stack([kept[path].image_features for path in scored.keys])
+        seen = image_features(detector, [s.path for s in samples], settings.predict_batch_size)
+    expected = [seconds[path] for path in scored.keys]
+    return prioritize(scored.keys, scored.scores, rule, expected, features, settings.al_budget, seen)
 
 
 def push(services: CycleServices, project: LabelStudioProject, predictions, version: str) -> None:

@@ -19,6 +19,7 @@ import yaml
 from al_core.annotation_cost import CostModel
 from al_core.detectors.box_losses import BOX_LOSSES
 from al_core.display import Display
+from al_core.priority import PriorityRule
 
 
 def _doc(text: str) -> dict:
@@ -205,6 +206,21 @@ class Settings:
         default="entropy", metadata=_doc("Scorer that ranks unlabeled tasks after each run (see the strategies table).")
     )
     al_aggregation: str = field(default="mean", metadata=_doc("Box -> image aggregation for uncertainty scorers."))
+    al_boxes: str = field(
+        default="all",
+        metadata=_doc(
+            "Boxes an uncertainty scorer aggregates: all (candidates above the detector's low threshold), shown "
+            "(what people see), or a number k (the k highest scoring)."
+        ),
+    )
+    al_cost_aware: bool = field(
+        default=False,
+        metadata=_doc("Rank by informativeness per expected second of labeling (al_core.priority)."),
+    )
+    al_near_duplicates: bool = field(
+        default=False,
+        metadata=_doc("Push near copies of a higher-ranked or labeled image to the end of the order."),
+    )
     al_budget: int = field(
         default=100, metadata=_doc("Images in each cycle's selection (COCO export; diversity scorers).")
     )
@@ -237,6 +253,20 @@ class Settings:
             self.cost_delete_seconds,
             self.cost_correct_seconds,
         )
+
+    @property
+    def boxes(self) -> str | int:
+        """AL_BOXES as an uncertainty scorer's ``boxes`` parameter."""
+        value = self.al_boxes.strip().lower()
+        if value in ("all", "shown"):
+            return value
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+        raise ValueError(f"all, shown or a positive number of boxes, got {self.al_boxes!r}")
+
+    @property
+    def priority(self) -> PriorityRule:
+        return PriorityRule(cost_aware=self.al_cost_aware, near_duplicates=self.al_near_duplicates)
 
     @property
     def display(self) -> Display:
@@ -305,6 +335,10 @@ class Settings:
             settings.cost, settings.display  # noqa: B018 (each checks its values)
         except ValueError as error:
             raise ValueError(f"settings COST_*_SECONDS, DISPLAY_* and *_SCORE_THRESHOLD: {error}") from None
+        try:
+            settings.boxes  # noqa: B018 (checks AL_BOXES)
+        except ValueError as error:
+            raise ValueError(f"setting AL_BOXES: {error}") from None
         if not 0 < settings.certain_precision_target <= 1:
             raise ValueError(
                 f"setting CERTAIN_PRECISION_TARGET must be in (0, 1], got {settings.certain_precision_target}"

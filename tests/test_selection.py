@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from al_core.scoring import create_scorer
 from al_core.scoring.base import PoolImage, ScoringContext
-from al_core.scoring.consistency import agreement, js_divergence, one_way_agreement
+from al_core.scoring.consistency import js_divergence
 from al_core.scoring.diversity import _BoxRecord, ppal_distances
 from al_core.selection import combine, k_center_greedy, ranking, top_k
 from al_core.types import Detections, ImageScore
@@ -29,17 +29,6 @@ def test_js_divergence_hand_computed():
     p, q = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     assert js_divergence(p, q).item() == pytest.approx(math.log(2))
     assert js_divergence(p, p).item() == pytest.approx(0.0)
-
-
-def test_agreement_of_views():
-    a = boxes_det([[0, 0, 10, 10], [50, 50, 70, 70]], [0.9, 0.3], [0, 1], [[0.05, 0.9, 0.05], [0.1, 0.2, 0.7]])
-    assert agreement(a, a) == pytest.approx(1.0)
-    shifted = boxes_det([[0, 0, 10, 5]], [0.9], [0], [[0.05, 0.9, 0.05]])
-    # a's first box matches with IoU 0.5 and the same classes; its second box (weight 0.25) matches
-    # nothing (IoU 0) -> 0.75 * 0.5.
-    assert one_way_agreement(a, shifted) == pytest.approx(0.75 * 0.5, abs=1e-5)
-    empty = boxes_det([], [], [])
-    assert agreement(empty, empty) == 1.0 and agreement(a, empty) == 0.0
 
 
 def test_k_center_greedy_spreads_over_clusters():

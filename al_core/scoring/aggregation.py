@@ -7,7 +7,9 @@
 - ``class_balanced``: PPAL's DCUS, sum of w_c * value with difficulty weights w_c in [1, 1.2]
   from a running per-class quality estimate (``class_quality``); v / (1 + v);
 - ``hierarchical``: HUALE's box -> class -> image: the mean within each class, then the mean
-  over classes, so one class with many confident boxes does not drown a rare uncertain one.
+  over classes weighted by each class's mass (the sum of its boxes' scores), so one class with
+  many confident boxes does not drown a rare uncertain one, and a class of a few junk boxes
+  weighs what its scores say.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ def aggregate(
         value = float(values.mean())
         return value, value
     if how == "hierarchical":
-        per_class = [values[labels == c].mean() for c in labels.unique()]
-        value = float(torch.stack(per_class).mean())
+        classes = labels.unique()
+        per_class = torch.stack([values[labels == c].mean() for c in classes])
+        mass = torch.stack([top_probs[labels == c].sum() for c in classes]) if top_probs is not None else None
+        value = float(per_class.mean() if mass is None or mass.sum() <= 0 else (per_class * mass).sum() / mass.sum())
         return value, value
     if how == "sum":
         value = float(values.sum())

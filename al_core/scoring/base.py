@@ -14,6 +14,7 @@ from ..types import Detections, ImageScore, LabeledImage
 
 if TYPE_CHECKING:
     from ..detectors import Detector
+    from ..display import Display
 
 SCORERS: dict[str, type[Scorer]] = {}
 
@@ -51,6 +52,7 @@ class ScoringContext:
     labeled_features: torch.Tensor | None = None  # (M, D) image features of the labeled images
     class_quality: torch.Tensor | None = None  # (C,) how well each class is learned, in [0, 1]
     budget: int = 100  # images to select; set-level scorers rank this many carefully
+    display: Display | None = None  # what a person is shown (scorers may aggregate over it)
     seed: int = 0
 
 

@@ -5,6 +5,11 @@ classes + background; for sigmoid heads (RetinaNet, FCOS) the two-state [s, 1 - 
 as PPAL and Brust et al. 2018 do. An image without boxes is scored from its top pre-NMS
 candidate scores as two-state distributions, averaged (MI-AOD scores anchors), so every image
 gets a finite score.
+
+``boxes`` chooses which boxes are aggregated: "all" candidates above the detector's low score
+threshold (about a hundred on a weak model, so a mean over them counts boxes more than it
+measures doubt), the boxes a person is "shown" (the calibrated display), or the ``k`` highest
+scoring ones (an integer).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..display import Display
 from ..types import Detections, ImageScore
 from .aggregation import aggregate, check_aggregation
 from .base import PoolImage, Scorer, ScoringContext, register
@@ -50,8 +56,11 @@ def margin(q: torch.Tensor) -> torch.Tensor:
 class UncertaintyScorer(Scorer):
     needs = frozenset({"trained_head", "class_probs"})
 
-    def __init__(self, aggregation: str = "mean", fallback_candidates: int = 10):
+    def __init__(self, aggregation: str = "mean", fallback_candidates: int = 10, boxes: str | int = "all"):
         self.aggregation = check_aggregation(aggregation)
+        if boxes not in ("all", "shown") and not (isinstance(boxes, int) and boxes > 0):
+            raise ValueError(f"boxes is 'all', 'shown' or a positive number of boxes, got {boxes!r}")
+        self.boxes = boxes
         self.fallback_candidates = fallback_candidates
         if aggregation == "class_balanced":
             self.needs = type(self).needs | {"class_quality"}
@@ -61,7 +70,15 @@ class UncertaintyScorer(Scorer):
         raise NotImplementedError
 
     def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
-        return [self.score_detections(item.detections, context.class_quality) for item in batch]
+        return [self.score_detections(self.boxes_of(item.detections, context), context.class_quality) for item in batch]
+
+    def boxes_of(self, det: Detections, context: ScoringContext) -> Detections:
+        """The boxes this scorer aggregates (see the module docstring); candidates stay."""
+        if self.boxes == "all":
+            return det
+        if self.boxes == "shown":
+            return (context.display or Display()).shown(det)
+        return det.select(torch.argsort(det.scores, descending=True)[: self.boxes])
 
     def score_detections(self, det: Detections, class_quality: torch.Tensor | None = None) -> ImageScore:
         if len(det):
