@@ -29,7 +29,8 @@ def det(scores, labels=None, probs=None, kind="sigmoid", candidates=()):
 def score(name, detections, **params):
     scorer = create_scorer(name, **params)
     batch = [PoolImage(str(i), None, d) for i, d in enumerate(detections)]
-    return scorer.score_batch(batch, ScoringContext())
+    context = ScoringContext()
+    return scorer.finish(scorer.score_batch(batch, context), context)
 
 
 UNIFORM = [0.25, 0.25, 0.25, 0.25]

@@ -48,32 +48,59 @@ IMAGES = {
 }
 
 
+def asm_scores(images: dict, seed: int = 0, **params) -> list:
+    scorer = create_scorer("sl_al_ratio", **params)
+    context = ScoringContext(seed=seed)
+    return scorer.finish(scorer.score_batch([PoolImage(k, None, det(v)) for k, v in images.items()], context), context)
+
+
 def rank(rule: str, k: int, **params) -> list[str]:
-    scorer = create_scorer("sl_al_ratio", rule=rule, **params)
-    batch = [PoolImage(name, None, det(scores)) for name, scores in IMAGES.items()]
-    scores = scorer.score_batch(batch, ScoringContext())
+    scores = asm_scores(IMAGES, rule=rule, **{"certain": 0.7, "uncertain": 0.3, **params})
     pool = ScoredPool(list(IMAGES), scores, "sl_al_ratio", rule, "v1", 0)
     return [image.key for image in pool.select(k).images]
 
 
-def test_asm_topk_v1_ranks_by_al_ratio():
-    assert rank("al_ratio", 5) == ["empty", "faint", "mixed", "half", "sure"]
-    assert rank("al_ratio", 2) == ["empty", "faint"]
+def test_asm_topk_v1_ranks_by_al_ratio_then_by_the_doubt_of_the_uncertain_boxes():
+    # "faint" and "empty" tie at AL ratio 1; faint's uncertain box (0.35) has entropy, empty has none.
+    assert rank("al_ratio", 5) == ["faint", "empty", "mixed", "half", "sure"]
+    assert rank("al_ratio", 2) == ["faint", "empty"]
 
 
 def test_asm_topk_v2_asks_people_only_above_the_threshold():
-    assert rank("threshold", 5, min_al_ratio=0.6) == ["empty", "faint", "mixed"]
-    assert rank("threshold", 2, min_al_ratio=0.6) == ["empty", "faint"]
-    assert rank("threshold", 5, min_al_ratio=0.5) == ["empty", "faint", "mixed", "half"]
+    assert rank("threshold", 5, min_al_ratio=0.6) == ["faint", "empty", "mixed"]
+    assert rank("threshold", 2, min_al_ratio=0.6) == ["faint", "empty"]
+    assert rank("threshold", 5, min_al_ratio=0.5) == ["faint", "empty", "mixed", "half"]
     assert rank("threshold", 5, min_al_ratio=0.0) == rank("al_ratio", 5)
 
 
 def test_asm_topk_v2_rescoring_moves_an_image_out_of_the_queue():
     """The same image, uncertain under the old model and certain under the new one."""
-    scorer = create_scorer("sl_al_ratio", rule="threshold", min_al_ratio=0.5)
-    old, new = scorer.score_batch([PoolImage("x", None, det([0.5, 0.6])), PoolImage("x", None, det([0.9, 0.8]))],
-                                  ScoringContext())  # fmt: skip
+    fixed = {"rule": "threshold", "min_al_ratio": 0.5, "certain": 0.7, "uncertain": 0.3}
+    (old,) = asm_scores({"x": [0.5, 0.6]}, **fixed)
+    (new,) = asm_scores({"x": [0.9, 0.8]}, **fixed)
     assert old.for_people and not new.for_people
+
+
+def test_asm_thresholds_come_from_the_pool_and_ties_break_by_seed():
+    # A weak model: no score reaches 0.7, so fixed thresholds would tie every image at AL ratio 1.
+    weak = {
+        "a": [0.6, 0.55, 0.5, 0.45, 0.42, 0.4],
+        "b": [0.32, 0.31],
+        "c": [0.6, 0.31],
+        "d": [0.32, 0.31],
+        "e": [0.32, 0.31],
+    }
+    scores = dict(zip(weak, asm_scores(weak), strict=True))
+    certain = scores["a"].parts["certain_threshold"]
+    assert 0.3 < certain < 0.7  # the median shown score
+    assert scores["a"].value == 0.0 and scores["b"].value == 1.0 and scores["c"].value == 0.5
+    # b, d and e tie on both keys: the seed orders them, not their names.
+    orders = set()
+    for seed in range(8):
+        ranked = sorted(weak, key=lambda k, s=dict(zip(weak, asm_scores(weak, seed=seed))): -s[k].normalized)
+        assert set(ranked[:3]) == {"b", "d", "e"}
+        orders.add(tuple(ranked[:3]))
+    assert len(orders) > 1
 
 
 def test_asm_topk_v3_ranks_by_lowest_sl_score():
