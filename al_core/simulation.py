@@ -31,12 +31,13 @@ from .pool import ScoredPool, detect, image_features, score_pool
 from .priority import PriorityRule, prioritize
 from .scoring import SCORERS, ScoringContext
 from .selection import ranking
-from .training import TrainConfig, final_pass, split_held_out, train_detector
+from .training import TrainConfig, final_pass, loss_spearman, split_held_out, train_detector
 from .types import Detections, LabeledImage
 
 # Today's display before calibration, the reference the calibrated one is measured against:
 # boxes from 0.3, certain from 0.7, the detector's per-class NMS only.
 FIXED_DISPLAY = Display(threshold=0.3, certain=0.7, nms_iou=1.0)
+SPEARMAN_SAMPLE = 64  # unlabeled images on which the loss head's ranking is checked each cycle
 
 
 @dataclass(frozen=True)
@@ -274,10 +275,15 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
             unlabeled = [i for i in range(len(pool)) if i not in set(labeled)]
             detections: dict[str, Detections] = {}
             start = time.perf_counter()
-            scored = _score(config, strategy, detector, pool, unlabeled, samples, display, cost, seed * 1000 + cycle,
+            budget = config.budget_for_diversity or _images_per_cycle(config, pool, labeled, spent)
+            scored = _score(strategy, detector, pool, unlabeled, samples, display, cost, seed * 1000 + cycle, budget,
                             detections)  # fmt: skip
             row["scoring_seconds"] = round(time.perf_counter() - start, 2)
             row["rule"] = scored.rule
+            if detector.has_loss_head:  # can the loss head rank at all? (the oracle knows the losses)
+                sample = random.Random(seed * 1000 + cycle).sample(unlabeled, min(SPEARMAN_SAMPLE, len(unlabeled)))
+                predicted = [detections[pool[i].path].predicted_loss for i in sample]
+                row["loss_spearman"] = loss_spearman(detector, [pool[i] for i in sample], predicted)
             ranked = [unlabeled[i] for i in ranking(scored.keys, scored.scores) if scored.scores[i].for_people]
             price = _price(pool, detections, display, cost, bool(strategy.cooperation.get("box_level")))
             chosen = select(ranked, pool, config.per_cycle, config.budget_unit, price)
@@ -305,10 +311,22 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
     return rows
 
 
-def _score(config, strategy, detector, pool, unlabeled, samples, display, cost, seed, detections) -> ScoredPool:
+def _images_per_cycle(config: SimulationConfig, pool, labeled: list[int], spent: float) -> int:
+    """The images a cycle's budget buys, for set-level scorers: per_cycle itself, or per_cycle
+    boxes or seconds at what a labeled image has cost so far."""
+    if config.budget_unit == "images":
+        return config.per_cycle
+    per_image = (
+        spent / len(labeled)
+        if config.budget_unit == "seconds"
+        else sum(len(pool[i].labels) for i in labeled) / len(labeled)
+    )
+    return max(1, round(config.per_cycle / max(per_image, 1e-6)))
+
+
+def _score(strategy, detector, pool, unlabeled, samples, display, cost, seed, budget, detections) -> ScoredPool:
     """The unlabeled images scored by the strategy, in the order its priority rule gives;
     ``detections`` receives every image's detections (what the display needs)."""
-    budget = config.budget_for_diversity or config.per_cycle
     context = ScoringContext(labeled=samples, budget=budget, seed=seed, display=display)
 
     def keep(path: str, det: Detections) -> None:

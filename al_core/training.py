@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from scipy.stats import spearmanr
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
@@ -49,8 +50,9 @@ class TrainConfig:
     early_stop_delta: float = 0.002
     min_epochs: int = 4
     # Learning loss (when the detector has a loss head): lambda of the pair ranking loss, its
-    # margin, and the fraction of training after which the head stops sending gradient into the
-    # detector (0 = detached from the start).
+    # margin, and the fraction of a detector's first training after which the head stops
+    # sending gradient into the detector (0 = detached from the start; later trainings of the
+    # same detector are always detached).
     loss_weight: float = 1.0
     loss_margin: float = 1.0
     loss_head_detach_after: float = 0.6
@@ -149,21 +151,48 @@ def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor,
     return torch.stack(losses), maps
 
 
+def loss_spearman(detector: Detector, samples: Sequence[LabeledImage], predicted: Sequence[float]) -> float | None:
+    """Spearman's rank correlation between the loss head's predictions and the detector's true
+    loss on these labeled images (each computed alone, in training mode, without gradient):
+    whether learning loss can rank at all. None under 3 images."""
+    if len(samples) < 3:
+        return None
+    dataset = DetectionDataset(list(samples))
+    was_training = detector.model.training
+    detector.model.train()
+    try:
+        with torch.no_grad():
+            items = [dataset[i] for i in range(len(dataset))]
+            images = [image.to(detector.device) for image, _ in items]
+            targets = [{k: v.to(detector.device) for k, v in t.items()} for _, t in items]
+            true, _ = per_image_losses(detector, images, targets)
+    finally:
+        detector.model.train(was_training)
+    return float(spearmanr(list(predicted), true.cpu().tolist()).statistic)
+
+
 def _step_loss(
-    detector: Detector, net, images, targets, config: TrainConfig, fraction_done: float
+    detector: Detector, net, images, targets, config: TrainConfig, detach: bool
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss to minimise, its parts for the training log, detached: read only when logged, since
-    reading a CUDA value waits for the GPU)."""
+    reading a CUDA value waits for the GPU).
+
+    With a loss head, the detector still learns from torchvision's own batch loss (normalised
+    as the batch loss is, e.g. by the batch's foreground count for FCOS); the head predicts,
+    from that forward pass's FPN maps, each image's loss computed alone (the ranking target,
+    without gradient)."""
+    parts = net(images, targets)
+    detection = sum(parts.values())
+    logged = {name: value.detach() for name, value in parts.items()}
     if not detector.has_loss_head:
-        parts = net(images, targets)
-        return sum(parts.values()), {name: value.detach() for name, value in parts.items()}
-    true_losses, maps = per_image_losses(detector, images, targets)
-    detach = fraction_done >= config.loss_head_detach_after
-    predicted = torch.cat([detector.model.loss_head([m.detach() if detach else m for m in ms]) for ms in maps])
+        return detection, logged
+    maps = list(detector.features.values())  # this batch's FPN maps; the passes below replace them
+    with torch.no_grad():
+        true_losses, _ = per_image_losses(detector, images, targets)
+    predicted = detector.model.loss_head([m.detach() if detach else m for m in maps])
     ranking = pair_ranking_loss(predicted, true_losses, config.loss_margin)
-    detection = true_losses.mean()
-    parts = {"detection": detection.detach(), "ranking": ranking.detach()}
-    return detection + config.loss_weight * ranking, parts
+    logged["ranking"] = ranking.detach()
+    return detection + config.loss_weight * ranking, logged
 
 
 def _interleaved(loaders: list[tuple[DataLoader, float]], rng: random.Random) -> Iterator[tuple[tuple, float]]:
@@ -261,6 +290,10 @@ def train_detector(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
     total = config.epochs * sum(len(batches) for batches, _ in loaders)
+    # The loss head's pull on the detector is global over the run: only a detector's first
+    # training (from the pretrained backbone) feels it, for its first loss_head_detach_after;
+    # fine-tuning a trained detector keeps the head detached from the start.
+    detach_after = 0.0 if detector.version.trained else config.loss_head_detach_after
     warmup = min(config.warmup_iters, max(total // 5, 1))
 
     def lr_factor(step: int) -> float:
@@ -293,7 +326,8 @@ def train_detector(
                     images = [image.to(device) for image in images]
                     targets = [{key: value.to(device) for key, value in t.items()} for t in targets]
                     with torch.autocast(device.type, enabled=use_amp):
-                        loss, parts = _step_loss(detector, net, images, targets, config, step / total)
+                        detach = step / total >= detach_after
+                        loss, parts = _step_loss(detector, net, images, targets, config, detach)
                         loss = weight * loss
                     loss_value = float(loss.detach())
                     if not math.isfinite(loss_value):

@@ -7,7 +7,8 @@ return) get a leading ' (OWASP's advice against CSV injection); numbers are left
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pandas as pd
 
@@ -63,11 +64,26 @@ def write_selection_csv(selection: Selection, path: str | Path) -> Path:
     return path
 
 
+CYCLE_COLUMNS = ["file_name", "score", "task_id", "image"]
+
+
+def file_name(image: str) -> str:
+    """The name an import matches items on: the last path segment of the image's URL or path,
+    percent-decoded, without query or fragment; for Label Studio's local files
+    (``/data/local-files/?d=dir/name.jpg``), that of the ``d`` parameter."""
+    parts = urlsplit(image) if "://" in image or image.startswith("/data/") else None
+    path = image if parts is None else (parse_qs(parts.query).get("d") or [parts.path])[0]
+    return PurePosixPath(unquote(path).replace("\\", "/")).name
+
+
 def write_cycle_csv(rows: list[dict], path: str | Path) -> Path:
-    """annotate.online's list for one cycle: image, entropy (the cycle's score), task id, in
-    decreasing score order. ``rows`` hold "image", "score" and "task_id"."""
-    frame = pd.DataFrame(rows, columns=["image", "score", "task_id"]).rename(columns={"score": "entropy"})
-    frame = frame.sort_values(["entropy", "task_id"], ascending=[False, True], kind="stable")
+    """One cycle's list for annotate.online and similar tools, in decreasing score (ties by task
+    id): ``file_name`` (what their import matches items on), ``score`` (the strategy's, in
+    [0, 1]), ``task_id`` (Label Studio's), ``image`` (the task's full image reference).
+    ``rows`` hold "image", "score" and "task_id"."""
+    frame = pd.DataFrame(rows, columns=["image", "score", "task_id"])
+    frame["file_name"] = frame["image"].map(lambda image: file_name(str(image)))
+    frame = frame[CYCLE_COLUMNS].sort_values(["score", "task_id"], ascending=[False, True], kind="stable")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_csv(frame, path)

@@ -89,21 +89,21 @@ def test_cutout_covers_between_a_tenth_and_two_fifths_of_a_box():
 
 
 def test_cald_ranks_inconsistent_images_then_balances_classes():
-    stable = det([[0, 0, 10, 10]], [0.9], [1], [[0.1, 0.9, 0.0]])
+    stable = det([[0, 0, 10, 10]], [0.9], [0], [[0.1, 0.9, 0.0]])
     scorer = create_scorer("consistency", augmentations=["flip"])
-    labeled = [LabeledImage("l", torch.tensor([[0.0, 0, 5, 5]] * 3), torch.tensor([2, 2, 2]))]
+    labeled = [LabeledImage("l", torch.tensor([[0.0, 0, 5, 5]] * 3), torch.tensor([1, 1, 1]))]
     context = ScoringContext(detector=FixedDetector(stable), labeled=labeled, budget=1, seed=0)
     blank = Image.new("RGB", (100, 100))
     # "a" sees the object where its flipped view does (x in [0, 10] maps to [90, 100]); "b" does
     # not; "c" sees nothing (consistency 0, the most informative by the first stage).
-    mirrored = det([[90, 0, 100, 10]], [0.9], [1], [[0.1, 0.9, 0.0]])
+    mirrored = det([[90, 0, 100, 10]], [0.9], [0], [[0.1, 0.9, 0.0]])
     batch = [PoolImage("a", blank, mirrored), PoolImage("b", blank, stable), PoolImage("c", blank, det([], [], []))]
     scores = scorer.finish(scorer.score_batch(batch, context), context)
     assert scores[0].parts["consistency"] == pytest.approx(0.6, abs=1e-4)  # IoU 1: |1 + 0.9 - 1.3|
     assert scores[1].parts["consistency"] == pytest.approx(0.4, abs=1e-4)  # IoU 0: |0 + 0.9 - 1.3|
     assert scores[2].parts["consistency"] == 0.0
-    # 1.2 x budget -> b and c go to the second stage. The labeled set holds only class 2; b's
-    # class scores (class 1 at 0.9 in both views) differ more from it than c's (0.45 on average).
+    # 1.2 x budget -> b and c go to the second stage. The labeled set holds only class b; b's
+    # class scores (class a at 0.9 in both views) differ more from it than c's (0.45 on average).
     assert scores[1].parts["class_js"] > scores[2].parts["class_js"]
     assert scores[1].normalized > scores[2].normalized > 0.5 >= scores[0].normalized
 

@@ -97,7 +97,8 @@ def test_asm_thresholds_come_from_the_pool_and_ties_break_by_seed():
     # b, d and e tie on both keys: the seed orders them, not their names.
     orders = set()
     for seed in range(8):
-        ranked = sorted(weak, key=lambda k, s=dict(zip(weak, asm_scores(weak, seed=seed))): -s[k].normalized)
+        by_name = dict(zip(weak, asm_scores(weak, seed=seed), strict=True))
+        ranked = sorted(weak, key=lambda k, s=by_name: -s[k].normalized)
         assert set(ranked[:3]) == {"b", "d", "e"}
         orders.add(tuple(ranked[:3]))
     assert len(orders) > 1

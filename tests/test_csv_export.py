@@ -8,7 +8,7 @@ import pytest
 
 from al_core.selection import SelectedImage, Selection
 from al_core.types import ImageScore
-from exporters.csv_export import neutralise_cell, write_cycle_csv, write_history, write_selection_csv
+from exporters.csv_export import file_name, neutralise_cell, write_cycle_csv, write_history, write_selection_csv
 
 HOSTILE = ['=HYPERLINK("http://x")', "-1+2", "@SUM(1)", "+1", "\tx", "\rx"]
 
@@ -30,11 +30,28 @@ def test_other_cells_are_left_alone(value):
 def test_cycle_csv(tmp_path):
     rows = [{"image": text, "score": 0.5 - i, "task_id": i} for i, text in enumerate(HOSTILE)]
     rows.append({"image": "plain.png", "score": -7.25, "task_id": -3})
-    frame = _read(write_cycle_csv(rows, tmp_path / "cycle.csv"))
+    path = write_cycle_csv(rows, tmp_path / "cycle.csv")
+    assert path.read_text().splitlines()[0] == "file_name,score,task_id,image"
+    frame = _read(path)
     assert set(frame["image"]) == {"'" + text for text in HOSTILE} | {"plain.png"}
-    assert frame["entropy"].tolist() == sorted([0.5 - i for i in range(len(HOSTILE))] + [-7.25], reverse=True)
+    assert frame["score"].tolist() == sorted([0.5 - i for i in range(len(HOSTILE))] + [-7.25], reverse=True)
     assert frame.loc[frame["image"] == "plain.png", "task_id"].item() == -3
-    assert pd.api.types.is_float_dtype(frame["entropy"]) and pd.api.types.is_integer_dtype(frame["task_id"])
+    assert pd.api.types.is_float_dtype(frame["score"]) and pd.api.types.is_integer_dtype(frame["task_id"])
+
+
+@pytest.mark.parametrize(
+    ("image", "name"),
+    [
+        ("http://ls:8080/data/upload/1/ab12-cat%20one.jpg?x=1#f", "ab12-cat one.jpg"),
+        ("/data/local-files/?d=images/dog%201.png", "dog 1.png"),
+        ("/data/upload/3/dog.png", "dog.png"),
+        ("s3://bucket/a/b/c.jpeg", "c.jpeg"),
+        ("plain.png", "plain.png"),
+        ("C:\\x\\y.png", "y.png"),
+    ],
+)
+def test_cycle_csv_names_each_item_by_its_file_name(image, name):
+    assert file_name(image) == name
 
 
 def test_selection_csv(tmp_path):

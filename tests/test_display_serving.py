@@ -70,7 +70,9 @@ def test_bad_display_and_cost_settings_are_refused_at_start_up(environ, problem)
         Settings.load(environ)
 
 
-def test_a_weak_version_shows_nothing_and_setup_thresholds_override(make_client, trained_checkpoint, shapes, image_server):
+def test_a_weak_version_shows_nothing_and_setup_thresholds_override(
+    make_client, trained_checkpoint, shapes, image_server
+):
     detector = Detector.load(trained_checkpoint)
     detector.display = Display(show=False, calibrated=True, note="no threshold beats drawing from scratch")
     client = make_client(detector=detector)

@@ -13,6 +13,7 @@ import time
 import zipfile
 from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote
 
 import pandas as pd
 import pytest
@@ -223,10 +224,11 @@ def test_cycle_exports(cycle):
     answer = backend.get(f"/export/{project}.csv")
     assert answer.status_code == 200
     table = pd.read_csv(io.StringIO(answer.text))
-    assert list(table.columns) == ["image", "entropy", "task_id"]
-    assert len(table) == 40 - LABELED and table["entropy"].is_monotonic_decreasing
+    assert list(table.columns) == ["file_name", "score", "task_id", "image"]
+    assert len(table) == 40 - LABELED and table["score"].is_monotonic_decreasing
     unlabeled = [t for t in cycle["ls"].tasks.list(project=project, fields="all") if not t.annotations]
     assert set(table["image"]) == {t.data["image"] for t in unlabeled}
+    assert all(name and name in unquote(image) for name, image in zip(table["file_name"], table["image"], strict=True))
     folder = Path(backend.env["DATA_DIR"]) / "exports" / f"project-{project}"
     history = pd.read_csv(folder / "history.csv")
     assert list(history["cycle"]) == [1, 2] and list(history["labeled"]) == [LABELED, LABELED]

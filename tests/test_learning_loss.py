@@ -13,9 +13,10 @@ from al_core.training import per_image_losses
 def test_pair_ranking_loss_hand_computed():
     predicted = torch.tensor([2.0, 0.5, 1.0, 0.0])
     true = torch.tensor([3.0, 1.0, 2.0, 5.0])
-    # pairs (0, 3): true 3 < 5 -> sign -1, pred 2 - 0 = 2 -> max(0, 2 + 1) = 3
-    #       (1, 2): true 1 < 2 -> sign -1, pred 0.5 - 1 = -0.5 -> max(0, -0.5 + 1) = 0.5
-    assert pair_ranking_loss(predicted, true).item() == pytest.approx((3 + 0.5) / 2)
+    # Every pair i < j: (0, 1) and (0, 2) are ranked right by at least the margin -> 0;
+    # (0, 3): true 3 < 5, pred 2 - 0 = 2 -> 2 + 1 = 3; (1, 2): 1 < 2, 0.5 - 1 -> 0.5;
+    # (1, 3): 1 < 5, 0.5 - 0 -> 1.5; (2, 3): 2 < 5, 1 - 0 -> 2.
+    assert pair_ranking_loss(predicted, true).item() == pytest.approx((3 + 0.5 + 1.5 + 2) / 6)
     assert pair_ranking_loss(torch.tensor([1.0]), torch.tensor([1.0])).item() == 0.0
 
 
@@ -89,3 +90,29 @@ def test_trained_loss_head_round_trips_in_the_checkpoint(tmp_path):
     assert loaded.predict([image])[0].predicted_loss == pytest.approx(
         detector.predict([image])[0].predicted_loss, abs=1e-5
     )
+
+
+def test_the_heads_pull_on_the_detector_is_global_over_the_run(shapes, monkeypatch):
+    """Attached for the first 60% of a detector's first training only; detached when fine-tuned."""
+    import al_core.training as training
+
+    flags, real = [], training._step_loss
+    monkeypatch.setattr(training, "_step_loss", lambda *args: flags.append(args[-1]) or real(*args))
+    torch.manual_seed(0)
+    detector = Detector.create("cpu_preset", ["circle", "square", "triangle"], pretrained="none", loss_head=True)
+    config = training.TrainConfig(epochs=1, batch_size=4, loss_head_detach_after=0.6)
+    training.train_detector(detector, shapes["train"][:20], config)
+    first, flags[:] = list(flags), []
+    training.train_detector(detector, shapes["train"][:20], config)
+    assert first == [False, False, False, True, True] and flags == [True] * 5
+
+
+def test_loss_spearman_reads_the_true_losses_of_labeled_images(trained_detector, shapes):
+    from al_core.training import loss_spearman
+
+    samples = shapes["test"][:8]
+    predicted = [d.predicted_loss for d in trained_detector.predict([Image.open(s.path) for s in samples])]
+    rho = loss_spearman(trained_detector, samples, predicted)
+    assert -1.0 <= rho <= 1.0
+    assert loss_spearman(trained_detector, samples, predicted[::-1]) != pytest.approx(rho)
+    assert loss_spearman(trained_detector, samples[:2], predicted[:2]) is None

@@ -36,9 +36,7 @@ def add(store: Store, root, name: str, detector: Detector, active: bool = False)
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])
-def test_a_broken_active_version_at_start_up_falls_back_to_the_newest_intact_one(
-    tmp_path, make_client, small, damage
-):
+def test_a_broken_active_version_at_start_up_falls_back_to_the_newest_intact_one(tmp_path, make_client, small, damage):
     state = tmp_path / "state"
     store = Store(state / "state.sqlite3")
     add(store, state / "models", "p1-v1", small)

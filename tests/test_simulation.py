@@ -202,4 +202,6 @@ def test_a_budget_in_seconds_buys_that_much_of_a_persons_time(tmp_path):
     # 2 s to open a canvas, 7 s per digit (1 to 4 digits): the last image bought costs at most 30 s
     assert 60 <= first["labeled_seconds"] < 60 + 30
     assert 60 <= first["seconds_with_preannotations"] < 60 + 30
-    assert last["labeled_seconds"] == pytest.approx(first["labeled_seconds"] + first["seconds_with_preannotations"], abs=0.2)
+    assert last["labeled_seconds"] == pytest.approx(
+        first["labeled_seconds"] + first["seconds_with_preannotations"], abs=0.2
+    )

@@ -38,7 +38,9 @@ CREATE TABLE jobs (
 
 def _rows(path):
     with sqlite3.connect(path) as db:
-        return db.execute("SELECT project_id, task_id, scorer, informativeness FROM task_scores ORDER BY 1, 2").fetchall()
+        return db.execute(
+            "SELECT project_id, task_id, scorer, informativeness FROM task_scores ORDER BY 1, 2"
+        ).fetchall()
 
 
 @pytest.mark.parametrize("project", [None, 0, 7])

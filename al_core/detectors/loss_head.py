@@ -2,8 +2,10 @@
 
 Each FPN level: global average pool -> FC(128) -> ReLU; the levels concatenated -> FC -> one
 scalar, the predicted detection loss of the image. Trained with the pair ranking loss
-L = max(0, -sign(l_i - l_j) * (l^_i - l^_j) + margin), pairing sample i with its mirror j in the
-batch, true losses detached.
+L = max(0, -sign(l_i - l_j) * (l^_i - l^_j) + margin), true losses detached. The paper pairs
+each sample with its mirror in the batch; with the small batches of detection (4 images: 2
+pairs) that is little signal, so every pair i < j of the batch is used (the same loss, more
+pairs per step).
 """
 
 from __future__ import annotations
@@ -27,14 +29,12 @@ class LossPredictionHead(nn.Module):
 
 
 def pair_ranking_loss(predicted: Tensor, true: Tensor, margin: float = 1.0) -> Tensor:
-    """Mean over mirror pairs (i, B-1-i) of max(0, -sign(l_i - l_j) * (l^_i - l^_j) + margin)."""
-    half = predicted.shape[0] // 2
-    if half == 0:
+    """Mean over all pairs i < j of max(0, -sign(l_i - l_j) * (l^_i - l^_j) + margin)."""
+    if predicted.shape[0] < 2:
         return predicted.sum() * 0.0
-    true = true.detach()
-    pred_i, pred_j = predicted[:half], predicted.flip(0)[:half]
-    sign = torch.sign(true[:half] - true.flip(0)[:half])
-    return torch.clamp(-sign * (pred_i - pred_j) + margin, min=0).mean()
+    i, j = torch.triu_indices(predicted.shape[0], predicted.shape[0], offset=1, device=predicted.device)
+    sign = torch.sign(true.detach()[i] - true.detach()[j])
+    return torch.clamp(-sign * (predicted[i] - predicted[j]) + margin, min=0).mean()
 
 
 def attach_loss_head(model: nn.Module) -> LossPredictionHead:

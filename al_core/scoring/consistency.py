@@ -133,11 +133,11 @@ def view_consistency(ref: Detections, mapped: torch.Tensor, view: Detections, be
 
 
 def class_maxima(det: Detections, classes: int) -> torch.Tensor:
-    """(classes,) the highest score of each class's boxes, 0 where it has none (labels 1..C)."""
-    maxima = torch.zeros(classes + 1)
+    """(classes,) the highest score of each class's boxes, 0 where it has none."""
+    maxima = torch.zeros(classes)
     if len(det):
         maxima.scatter_reduce_(0, det.labels, det.scores, reduce="amax")
-    return maxima[1:]
+    return maxima
 
 
 @register
@@ -187,7 +187,7 @@ class ConsistencyScorer(Scorer):
         order = sorted(range(len(scores)), key=lambda i: -scores[i].value)
         candidates = order[: math.ceil(SECOND_STAGE_RANGE * context.budget)]
         classes = self._classes[0].numel()
-        counts = [torch.bincount(s.labels, minlength=classes + 1)[1:].float() for s in context.labeled]
+        counts = [torch.bincount(s.labels, minlength=classes).float() for s in context.labeled]
         labeled = torch.stack(counts).mean(dim=0) if counts else torch.zeros(classes)
         maxima = torch.stack([self._classes[i] for i in candidates])
         js = js_divergence(torch.softmax(labeled, 0).expand_as(maxima), torch.softmax(maxima, 1)).tolist()
