@@ -126,3 +126,19 @@ def test_huale_flip_term_does_not_flicker_at_the_threshold():
     image = PoolImage("a", Image.new("RGB", (100, 100)), shown)
     score = scorer.score_batch([image], context)[0]
     assert score.parts["flip_inconsistency"] == pytest.approx(0.0, abs=1e-5) and score.parts["boxes"] == 1
+
+
+def test_tta_disagreement_per_box_aggregated_like_entropy():
+    # One shown box; the flipped and downscaled views both answer with a box at [90, 0, 100, 10]:
+    # the flip maps [0, 0, 10, 10] there (IoU 1), the downscale maps it to [0, 0, 8, 8] (IoU 0).
+    shown = det([[0, 0, 10, 10], [50, 50, 55, 55]], [0.9, 0.1], [0, 0], [[0.1, 0.9, 0.0], [0.9, 0.1, 0.0]])
+    answer = det([[90, 0, 100, 10]], [0.9], [0], [[0.1, 0.9, 0.0]])
+    context = ScoringContext(detector=FixedDetector(answer), display=Display(threshold=0.3))
+    image = PoolImage("a", Image.new("RGB", (100, 100)), shown)
+    score = create_scorer("tta_disagreement").score_batch([image], context)[0]
+    assert score.parts["boxes"] == 1  # the 0.1 box is not shown
+    assert score.value == pytest.approx(0.5, abs=1e-5)  # flip agrees (0), downscale does not (1)
+    flip_only = create_scorer("tta_disagreement", views=["flip"]).score_batch([image], context)[0]
+    assert flip_only.value == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="views"):
+        create_scorer("tta_disagreement", views=["rotate"])

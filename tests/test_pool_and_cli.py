@@ -72,7 +72,7 @@ def test_influence_of_a_labeled_image_on_itself_is_its_gradient_norm(trained_det
     sample = shapes["train"][0]
     image = load_rgb(sample.path)
     truth_as_detections = Detections(sample.boxes, sample.labels, torch.ones(len(sample.labels)), image.size)
-    scorer = create_scorer("influence")
+    scorer = create_scorer("influence", hessian="identity")
     context = ScoringContext(detector=trained_detector, labeled=[sample])
     [score] = scorer.score_batch([PoolImage(sample.path, image, truth_as_detections)], context)
     target = {"boxes": sample.boxes, "labels": sample.labels + 1}
@@ -84,6 +84,12 @@ def test_influence_of_a_labeled_image_on_itself_is_its_gradient_norm(trained_det
     other = shapes["train"][1]
     [score_other] = scorer.score_batch([PoolImage(other.path, load_rgb(other.path), truth_as_detections)], context)
     assert score_other.value != pytest.approx(score.value)
+    # The diagonal Fisher estimate: s = g / (g^2 + mean(g^2)), score = s . g / ||s||.
+    diagonal = create_scorer("influence").score_batch([PoolImage(sample.path, image, truth_as_detections)], context)
+    s = gradient / (gradient.pow(2) + gradient.pow(2).mean())
+    assert diagonal[0].value == pytest.approx(float(s @ gradient / s.norm()), rel=1e-3)
+    with pytest.raises(ValueError, match="hessian"):
+        create_scorer("influence", hessian="lissa")
 
 
 def test_scorers_that_need_more_say_what(trained_detector, pool_folder):

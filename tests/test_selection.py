@@ -62,8 +62,8 @@ def test_discriminative_prefers_what_the_labeled_set_lacks():
     batch = [PoolImage(str(i), None, boxes_det([], [], [])) for i in range(40)]
     for item, feature in zip(batch, torch.cat([familiar, novel])):
         item.detections.image_features = feature
-    scorer = create_scorer("discriminative")
-    context = ScoringContext(labeled_features=labeled, seed=1)
+    scorer = create_scorer("discriminative", rounds=1)
+    context = ScoringContext(labeled_features=labeled, seed=1, budget=40)
     scores = [s.value for s in scorer.finish(scorer.score_batch(batch, context), context)]
     # Nearly every novel image outranks nearly every familiar one (AUC), and by a clear margin.
     auc = sum(n > f for n in scores[20:] for f in scores[:20]) / 400
@@ -71,6 +71,27 @@ def test_discriminative_prefers_what_the_labeled_set_lacks():
     assert sum(scores[20:]) / 20 > sum(scores[:20]) / 20 + 0.2
     with pytest.raises(ValueError, match="labeled"):
         create_scorer("discriminative").finish([], ScoringContext())
+
+
+def test_discriminative_sub_batches_retrain_between_rounds():
+    """Two unexplored groups, one far from the labeled set and one nearer: one round takes the
+    whole budget from the far group; two rounds take the near group's turn once the far one's
+    first picks count as labeled."""
+    torch.manual_seed(0)
+    labeled = torch.randn(40, 8)
+    far, near = torch.randn(20, 8) + 6.0, torch.randn(20, 8) - 3.0
+    batch = [PoolImage(str(i), None, boxes_det([], [], [])) for i in range(40)]
+    for item, feature in zip(batch, torch.cat([far, near]), strict=True):
+        item.detections.image_features = feature
+
+    def picked(rounds):
+        scorer = create_scorer("discriminative", rounds=rounds)
+        context = ScoringContext(labeled_features=labeled, seed=1, budget=20)
+        scores = scorer.finish(scorer.score_batch(batch, context), context)
+        return [i for i in range(40) if scores[i].normalized > 0.5]
+
+    assert len(picked(1)) == 20 and len(picked(4)) == 20
+    assert sum(i >= 20 for i in picked(4)) > sum(i >= 20 for i in picked(1))
 
 
 def _record(labels, scores, features):

@@ -3,7 +3,7 @@
 Each scorer's docstring cites its method and gives its formula.
 """
 
-from . import consistency, diversity, hierarchical, influence, simple, sl_al_ratio, uncertainty  # noqa: F401
+from . import consistency, diversity, hierarchical, influence, simple, sl_al_ratio, tta, uncertainty  # noqa: F401
 from .aggregation import AGGREGATIONS
 from .base import SCORERS, PoolImage, Scorer, ScoringContext, create_scorer
 

@@ -1,16 +1,20 @@
 """Influence of an unlabeled image on the labeled loss (ISAL, Liu et al., ICCV 2021).
 
 Upweighting a training image z changes the loss on test data by
-I(z) = -grad L_test^T H^-1 grad L(z). With H = I (as ISAL's practical variant) and gradients
-taken w.r.t. the detector's final prediction layers, the images whose own loss gradient points
-along the labeled loss's gradient reduce that loss the most. Score: grad L_labeled . grad L(z) /
-||grad L_labeled||. L(z) uses pseudo-labels: the image's predicted boxes scoring above a noise
-threshold (0.1 in ISAL's script). normalized = 1/2 + atan(value) / pi.
+I(z) = -grad L_test^T H^-1 grad L(z), gradients taken w.r.t. the detector's final prediction
+layers, over a seeded random sample of at most ``max_labeled`` labeled images. The images whose
+own loss gradient points along s = H^-1 grad L_labeled reduce that loss the most. Score:
+s . grad L(z) / ||s||. ``hessian``: "diagonal" (default) estimates H by the diagonal of the
+empirical Fisher, the mean squared per-image gradient over the same labeled sample, damped by
+its own mean (H + mean(diag) I: between the diagonal and the identity, and never singular);
+"identity" is ISAL's practical variant, H = I. L(z) uses pseudo-labels: the image's predicted
+boxes scoring above a noise threshold (0.1 in ISAL's script). normalized = 1/2 + atan(value) / pi.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -56,30 +60,33 @@ class InfluenceScorer(Scorer):
     name = "influence"
     needs = frozenset({"trained_head", "gradients", "labeled_set"})
 
-    def __init__(self, noise_threshold: float = 0.1, max_labeled: int = 32):
-        self.noise_threshold, self.max_labeled = noise_threshold, max_labeled
+    def __init__(self, noise_threshold: float = 0.1, max_labeled: int = 32, hessian: str = "diagonal"):
+        if hessian not in ("diagonal", "identity"):
+            raise ValueError(f"hessian is 'diagonal' or 'identity', got {hessian!r}")
+        self.noise_threshold, self.max_labeled, self.hessian = noise_threshold, max_labeled, hessian
         self._labeled_direction: torch.Tensor | None = None
 
     def _direction(self, context: ScoringContext) -> torch.Tensor:
-        """Unit vector of the mean loss gradient over (up to ``max_labeled``) labeled images."""
+        """Unit vector of H^-1 times the mean loss gradient over a labeled sample."""
         if self._labeled_direction is None:
             if not context.labeled:
                 raise ValueError("influence needs labeled images (the labeled set) to take the loss gradient on")
             detector = context.detector
             prefixes = DETECTORS[detector.version.detector].last_layers
-            total = None
-            samples = list(context.labeled)[: self.max_labeled]
-            for start in range(0, len(samples), 4):
-                chunk = samples[start : start + 4]
-                images = [to_tensor(Image.open(s.path).convert("RGB")).to(detector.device) for s in chunk]
-                targets = [
-                    {"boxes": s.boxes.float().to(detector.device), "labels": (s.labels + 1).to(detector.device)}
-                    for s in chunk
-                ]
+            labeled = list(context.labeled)
+            samples = random.Random(context.seed).sample(labeled, min(self.max_labeled, len(labeled)))
+            grads = []
+            for s in samples:  # one image at a time: the Fisher diagonal needs per-image gradients
+                image = [to_tensor(Image.open(s.path).convert("RGB")).to(detector.device)]
+                target = [{"boxes": s.boxes.float().to(detector.device), "labels": (s.labels + 1).to(detector.device)}]
                 with detector.lock, loss_mode(detector.model):
-                    grad = last_layer_gradient(detector.model, prefixes, images, targets) * len(chunk)
-                total = grad if total is None else total + grad
-            self._labeled_direction = total / total.norm().clamp_min(1e-12)
+                    grads.append(last_layer_gradient(detector.model, prefixes, image, target))
+            grads = torch.stack(grads)
+            direction = grads.mean(dim=0)
+            if self.hessian == "diagonal":
+                diagonal = grads.pow(2).mean(dim=0)
+                direction = direction / (diagonal + diagonal.mean().clamp_min(1e-12))
+            self._labeled_direction = direction / direction.norm().clamp_min(1e-12)
         return self._labeled_direction
 
     def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
