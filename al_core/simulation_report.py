@@ -110,6 +110,10 @@ def summary(rows: list[dict], baseline: str = "random") -> pd.DataFrame:
             gains = [paired_gain(runs[strategy, seed], runs[baseline, seed], x) for seed in seeds]
             entry[f"gain_{unit}"], entry[f"gain_{unit}_ci95"] = mean_ci95([g for g in gains if g is not None])
             entry[f"saved_{unit}"] = _saved(tables[unit], strategy, baseline)
+        final = last[last["strategy"] == strategy]
+        entry["boxes_per_image"] = float((final["labeled_boxes"] / final["labeled_images"]).mean())
+        spearman = frame.loc[frame["strategy"] == strategy].get("loss_spearman")
+        entry["loss_spearman"] = None if spearman is None or spearman.isna().all() else float(spearman.mean())
         entry["train_seconds_per_cycle"] = group["train_seconds"].mean()
         entry["scoring_seconds_per_cycle"] = group["scoring_seconds"].mean()
         result.append(entry)
@@ -161,13 +165,15 @@ def markdown(rows: list[dict]) -> str:
     header = ["strategy", "final mAP@0.5", "per seed"]
     header += [f"gain over random at equal {unit} [95% CI]" for unit in units]
     header += [f"{unit} saved to reach random's final mAP" for unit in units]
-    header += ["train s/cycle", "scoring s/cycle"]
+    header += ["boxes per labeled image", "loss head's Spearman on the pool", "train s/cycle", "scoring s/cycle"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for entry in table.to_dict("records"):
         spread = 0.0 if pd.isna(entry["final_map50_std"]) else 100 * entry["final_map50_std"]
         seeds = ", ".join(f"{100 * value:.1f}" for value in entry["final_map50_per_seed"])
         cells = [entry["strategy"], f"{100 * entry['final_map50']:.1f} ± {spread:.1f}", seeds]
         cells += [_gain_cell(entry, unit) for unit in units] + [_saved_cell(entry, unit) for unit in units]
+        rho = entry["loss_spearman"]
+        cells += [f"{entry['boxes_per_image']:.2f}", "" if rho is None or pd.isna(rho) else f"{rho:+.2f}"]
         cells += [f"{entry['train_seconds_per_cycle']:.0f}", f"{entry['scoring_seconds_per_cycle']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     table = curves(rows)
