@@ -14,6 +14,7 @@ from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
 from al_core.detectors import Detector  # noqa: E402
 from al_core.pool import score_pool  # noqa: E402
 from al_core.ray_scoring import RayOptions, score_pool_ray  # noqa: E402
+from al_core.scoring import ScoringContext  # noqa: E402
 from al_core.ray_training import train_detector_ray  # noqa: E402
 from al_core.training import TrainConfig  # noqa: E402
 
@@ -62,6 +63,19 @@ def test_ray_scores_equal_in_process_scores_and_survive_a_lost_worker(cluster, t
         assert have.normalized == pytest.approx(want.normalized, abs=1e-5)
     assert [i.key for i in got.select(10).images] == [i.key for i in expected.select(10).images]
     workers[0] = ray_cluster.add_node(num_cpus=1)  # back to two workers
+
+
+def test_class_balanced_scores_on_ray_use_the_class_quality(cluster, trained_checkpoint, shapes, tmp_path):
+    """The Ray path computes PPAL's class quality from the labeled images, as the in-process one."""
+    paths = [s.path for s in generate_shapes(tmp_path / "pool", 16, seed=6)]
+    detector = Detector.load(trained_checkpoint, device="cpu")
+    params = {"aggregation": "class_balanced"}
+    expected = score_pool(detector, paths, "entropy", params, ScoringContext(labeled=shapes["test"]), batch_size=4)
+    context = ScoringContext(labeled=shapes["test"])
+    got = score_pool_ray(str(trained_checkpoint), paths, "entropy", params, context, 4, RayOptions(replicas=1))
+    assert context.class_quality is not None and float(context.class_quality.max()) > 0
+    for want, have in zip(expected.scores, got.scores, strict=True):
+        assert have.value == pytest.approx(want.value, abs=1e-5)
 
 
 def test_set_level_scorers_stay_in_process(cluster, trained_checkpoint, tmp_path):
