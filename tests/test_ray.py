@@ -14,8 +14,8 @@ from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
 from al_core.detectors import Detector  # noqa: E402
 from al_core.pool import score_pool  # noqa: E402
 from al_core.ray_scoring import RayOptions, score_pool_ray  # noqa: E402
-from al_core.scoring import ScoringContext  # noqa: E402
 from al_core.ray_training import train_detector_ray  # noqa: E402
+from al_core.scoring import ScoringContext  # noqa: E402
 from al_core.training import TrainConfig  # noqa: E402
 
 from .label_studio_server import label_studio_server  # noqa: E402, F401
