@@ -88,9 +88,8 @@ def simulate_command(args: argparse.Namespace) -> int:
 
 
 def score_command(args: argparse.Namespace) -> int:
-    from exporters.csv_export import write_selection_csv
-
     from .pool import score_pool
+    from .ranked_csv import write_selection_csv
 
     detector = Detector.load(args.checkpoint, device=args.device)
     pool = read_dataset(args.images, args.image_root)

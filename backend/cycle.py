@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from al_core.cooperation import pseudo_labels
+from al_core.datasets.coco import write_coco
+from al_core.datasets.label_studio_format import choose_annotation, regions_to_boxes
 from al_core.detectors import Detector
 from al_core.detectors.loss_head import attach_loss_head
 from al_core.display import Display, calibrate
@@ -31,11 +33,10 @@ from al_core.tensorboard_log import log_pool
 from al_core.training import TrainConfig, final_pass, split_held_out, train_detector
 from al_core.types import Certainty, Detections, LabeledImage
 from al_core.versions import read_version, write_version
-from exporters.coco import write_coco
 from exporters.csv_export import write_cycle_csv, write_history
 from exporters.label_config import LabelConfig, parse_label_config
 from exporters.label_studio_api import LabelStudioProject, TaskPrediction
-from exporters.label_studio_regions import choose_annotation, detections_to_regions, regions_to_boxes
+from exporters.label_studio_regions import detections_to_regions
 
 from . import retention
 from .images import ImageError, ImageLoader

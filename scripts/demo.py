@@ -33,6 +33,7 @@ from backend_process import start_backend  # noqa: E402
 from label_studio_sdk import LabelStudio  # noqa: E402
 
 from al_core.datasets import DIGIT_CLASSES, DigitCanvasConfig, generate_digit_canvases  # noqa: E402
+from al_core.datasets.label_studio_format import box_to_percent  # noqa: E402
 from al_core.detectors import Detector  # noqa: E402
 from al_core.display import Display, annotator_seconds  # noqa: E402
 from al_core.evaluation import evaluate  # noqa: E402
@@ -42,7 +43,6 @@ from backend.connect import connect  # noqa: E402
 from backend.cycle import serving_display  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from exporters.label_studio_api import PRIORITY_VIEW_TITLE  # noqa: E402
-from exporters.label_studio_regions import box_to_percent  # noqa: E402
 
 BACKEND_USER, BACKEND_PASSWORD = "demo-backend", "demo-backend-pass"
 LABELS = "".join(f'<Label value="{c}"/>' for c in DIGIT_CLASSES)

@@ -24,10 +24,10 @@ subprocess.run([sys.executable, str(ROOT / "scripts" / "offline_weights.py")], c
 
 from al_core import cli  # noqa: E402
 from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
+from al_core.datasets.coco import write_coco  # noqa: E402
 from al_core.detectors import Detector  # noqa: E402
 from backend.app import create_app  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from exporters.coco import write_coco  # noqa: E402
 
 SHAPES_CONFIG = """<View>
   <Image name="img" value="$picture"/>

@@ -6,9 +6,10 @@ import json
 import pandas as pd
 import pytest
 
+from al_core.ranked_csv import neutralise_cell, write_selection_csv
 from al_core.selection import SelectedImage, Selection
 from al_core.types import ImageScore
-from exporters.csv_export import file_name, neutralise_cell, write_cycle_csv, write_history, write_selection_csv
+from exporters.csv_export import file_name, write_cycle_csv, write_history
 
 HOSTILE = ['=HYPERLINK("http://x")', "-1+2", "@SUM(1)", "+1", "\tx", "\rx"]
 

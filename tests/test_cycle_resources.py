@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from al_core.datasets import generate_shapes
+from al_core.datasets.label_studio_format import box_to_percent
 from al_core.versions import read_version
 from backend import cycle as cycle_module
-from exporters.label_studio_regions import box_to_percent
 
 from .conftest import LEGACY_TOKEN
 

@@ -10,7 +10,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from exporters.label_studio_regions import regions_to_boxes
+from al_core.datasets.label_studio_format import regions_to_boxes
 
 from .conftest import SHAPES_CONFIG, png_bytes
 

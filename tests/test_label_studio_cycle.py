@@ -25,12 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from al_core.annotation_cost import CostModel
 from al_core.cooperation import correct_boxes, oracle_edits
 from al_core.datasets import generate_shapes, read_dataset
+from al_core.datasets.label_studio_format import box_to_percent, percent_to_box
 from al_core.types import Certainty, Detections
 from al_core.versions import read_version
 from backend.store import Store
 from exporters.label_studio_api import QUICK_ACCEPTANCE_VIEW_TITLE as QUICK_ACCEPTANCE
 from exporters.label_studio_api import LabelStudioProject
-from exporters.label_studio_regions import box_to_percent, percent_to_box
 
 from .label_studio_server import (  # noqa: F401
     BACKEND_PASSWORD,

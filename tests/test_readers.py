@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from al_core.datasets import SHAPE_CLASSES, DatasetError, read_dataset
-from exporters.coco import write_coco
-from exporters.label_studio_regions import box_to_percent
+from al_core.datasets.coco import write_coco
+from al_core.datasets.label_studio_format import box_to_percent
 
 
 def test_coco_round_trip(shapes, tmp_path):

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from al_core.datasets.label_studio_format import box_to_percent, percent_to_box
 from al_core.types import Certainty, Detections
 from exporters.label_config import parse_label_config
-from exporters.label_studio_regions import box_to_percent, detections_to_regions, percent_to_box
+from exporters.label_studio_regions import detections_to_regions
 
 from .conftest import SHAPES_CONFIG
 

@@ -13,7 +13,7 @@ import torch
 from torchvision.ops import box_iou
 
 from al_core.datasets import SHAPE_CLASSES
-from exporters.label_studio_regions import percent_to_box
+from al_core.datasets.label_studio_format import percent_to_box
 
 from .conftest import LEGACY_TOKEN, ROOT, SHAPES_CONFIG
 from .label_studio_server import free_port

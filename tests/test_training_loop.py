@@ -151,7 +151,7 @@ def test_torchrun_trains_the_same_loop_on_two_processes(shapes, tmp_path):
     import sys
     from pathlib import Path
 
-    from exporters.coco import write_coco
+    from al_core.datasets.coco import write_coco
 
     coco = write_coco(shapes["train"][:16], SHAPE_CLASSES, tmp_path / "sixteen.json")
     torchrun = Path(sys.executable).parent / "torchrun"

@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..types import LabeledImage
+from .coco import write_coco
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
@@ -147,7 +148,5 @@ def generate_digit_canvases(
 
 def write_digit_canvases(out_dir: str | Path, count: int, config: DigitCanvasConfig | None = None) -> Path:
     """PNGs plus ``digits.json`` (COCO) in ``out_dir``; returns the JSON's path."""
-    from exporters.coco import write_coco
-
     samples = generate_digit_canvases(Path(out_dir) / "images", count, config)
     return write_coco(samples, DIGIT_CLASSES, Path(out_dir) / "digits.json")

@@ -24,9 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import torch
 
-from exporters.label_studio_regions import choose_annotation, regions_to_boxes  # the one place that converts
-
 from ..types import LabeledImage
+from .label_studio_format import choose_annotation, regions_to_boxes  # the one place that converts
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

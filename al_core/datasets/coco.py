@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from al_core.types import LabeledImage
+from ..types import LabeledImage
 
 
 def write_coco(

@@ -1,0 +1,39 @@
+"""The one-way dependencies of DESIGN.md: al_core imports nothing from backend/ or exporters/,
+nor the HTTP and Label Studio libraries; exporters/ never imports backend/. A walk over every
+module's import statements, so a new arrow the wrong way fails here."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "al_core": {"backend", "exporters", "flask", "requests", "label_studio_sdk", "werkzeug"},
+    "exporters": {"backend", "flask"},
+}
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_import_goes_the_wrong_way(package):
+    wrong = {
+        str(path.relative_to(ROOT)): sorted(imported_roots(path) & FORBIDDEN[package])
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {path: names for path, names in wrong.items() if names} == {}
+
+
+def test_the_walk_sees_imports_inside_functions(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from exporters.coco import write_coco\n    import flask.json\n")
+    assert imported_roots(module) == {"exporters", "flask"}
