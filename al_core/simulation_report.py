@@ -111,7 +111,8 @@ def summary(rows: list[dict], baseline: str = "random") -> pd.DataFrame:
             entry[f"gain_{unit}"], entry[f"gain_{unit}_ci95"] = mean_ci95([g for g in gains if g is not None])
             entry[f"saved_{unit}"] = _saved(tables[unit], strategy, baseline)
         final = last[last["strategy"] == strategy]
-        entry["boxes_per_image"] = float((final["labeled_boxes"] / final["labeled_images"]).mean())
+        boxes = final["labeled_boxes"] / final["labeled_images"] if "labeled_boxes" in final else None
+        entry["boxes_per_image"] = None if boxes is None else float(boxes.mean())
         spearman = frame.loc[frame["strategy"] == strategy].get("loss_spearman")
         entry["loss_spearman"] = None if spearman is None or spearman.isna().all() else float(spearman.mean())
         entry["train_seconds_per_cycle"] = group["train_seconds"].mean()
@@ -173,7 +174,9 @@ def markdown(rows: list[dict]) -> str:
         cells = [entry["strategy"], f"{100 * entry['final_map50']:.1f} ± {spread:.1f}", seeds]
         cells += [_gain_cell(entry, unit) for unit in units] + [_saved_cell(entry, unit) for unit in units]
         rho = entry["loss_spearman"]
-        cells += [f"{entry['boxes_per_image']:.2f}", "" if rho is None or pd.isna(rho) else f"{rho:+.2f}"]
+        per_image = entry["boxes_per_image"]
+        cells += ["" if per_image is None or pd.isna(per_image) else f"{per_image:.2f}"]
+        cells += ["" if rho is None or pd.isna(rho) else f"{rho:+.2f}"]
         cells += [f"{entry['train_seconds_per_cycle']:.0f}", f"{entry['scoring_seconds_per_cycle']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     table = curves(rows)
