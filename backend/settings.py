@@ -207,10 +207,10 @@ class Settings:
     )
     al_aggregation: str = field(default="mean", metadata=_doc("Box -> image aggregation for uncertainty scorers."))
     al_boxes: str = field(
-        default="all",
+        default="shown",
         metadata=_doc(
             "Boxes an uncertainty scorer aggregates: all (candidates above the detector's low threshold), shown "
-            "(what people see), or a number k (the k highest scoring)."
+            "(what people see; the default matrix's best at equal seconds), or a number k (the k highest scoring)."
         ),
     )
     al_cost_aware: bool = field(

@@ -34,6 +34,11 @@ def test_bad_settings_say_what_is_wrong(tmp_path):
     config.write_text("colour: blue\n")
     with pytest.raises(ValueError, match="unknown settings"):
         Settings.load({"CONFIG_FILE": str(config)})
+    with pytest.raises(ValueError, match="AL_BOXES: all, shown or a positive number"):
+        Settings.load({"AL_BOXES": "some"})
+    assert Settings.load({"AL_BOXES": "5"}).boxes == 5 and Settings.load({}).boxes == "shown"
+    rule = Settings.load({"AL_COST_AWARE": "true"}).priority
+    assert rule.cost_aware and not rule.near_duplicates
 
 
 def test_readme_table_lists_every_setting_with_its_default():
