@@ -92,7 +92,7 @@ class Display:
         deleted, and each hidden candidate (after NMS) is an object to draw with its own q. The
         box's score stands in for q before calibration."""
         candidates = _after_nms(detections, self)
-        shown = self.shown(detections)
+        shown = replace(self, nms_iou=1.0).shown(candidates)  # NMS once
         q = self._right_probability(shown.scores)
         hidden = float(self._right_probability(candidates.scores).sum() - q.sum())
         checked = float((q * cost.verify + (1 - q) * cost.delete).sum())

@@ -46,7 +46,7 @@ def per_second(scores: Sequence[ImageScore], seconds: Sequence[float]) -> list[I
             value=r,
             normalized=min(r / top, 1.0),
             parts={**s.parts, "informativeness": s.normalized, "expected_seconds": t},
-        )  # fmt: skip
+        )
         for s, r, t in zip(scores, ratios, seconds, strict=True)
     ]
 

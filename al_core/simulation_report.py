@@ -109,6 +109,7 @@ def summary(rows: list[dict], baseline: str = "random") -> pd.DataFrame:
         for unit, x in units.items():
             gains = [paired_gain(runs[strategy, seed], runs[baseline, seed], x) for seed in seeds]
             entry[f"gain_{unit}"], entry[f"gain_{unit}_ci95"] = mean_ci95([g for g in gains if g is not None])
+            entry[f"gain_{unit}_per_seed"] = gains
             entry[f"saved_{unit}"] = _saved(tables[unit], strategy, baseline)
         final = last[last["strategy"] == strategy]
         boxes = final["labeled_boxes"] / final["labeled_images"] if "labeled_boxes" in final else None

@@ -130,10 +130,11 @@ def final_pass(config: TrainConfig, held_out_fraction: float) -> TrainConfig:
     """The served version's last pass over every label, held-out images included, after the
     held-out split has chosen the weights (early stopping) and calibrated the display: the
     held-out share of the epochs (at least one), at a tenth of the learning rate, without
-    warm-up, the loss head detached. The images active learning just chose thus train the model
-    that is served, while its mAP and calibration come from images it had not seen."""
+    warm-up (the loss head is detached: the detector is trained by then). The images active
+    learning just chose thus train the model that is served, while its mAP and calibration come
+    from images it had not seen."""
     epochs = max(1, round(config.epochs * held_out_fraction))
-    return replace(config, epochs=epochs, lr=config.lr / 10, warmup_iters=0, loss_head_detach_after=0.0)
+    return replace(config, epochs=epochs, lr=config.lr / 10, warmup_iters=0)
 
 
 def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:

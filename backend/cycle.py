@@ -302,7 +302,9 @@ def _self_labels(
     return pseudo, ids
 
 
-def _fetch_images(services: CycleServices, run: _Run, tasks: list[_Task], detector: Detector) -> list[tuple[_Task, Path]]:
+def _fetch_images(
+    services: CycleServices, run: _Run, tasks: list[_Task], detector: Detector
+) -> list[tuple[_Task, Path]]:
     """(task, local image file the run owns) for every task whose image can be read and the
     model can take, fetched in parallel; the others are left out, logged and recorded in the
     job with why. No task, however broken, fails the cycle."""
@@ -388,10 +390,12 @@ def _score_and_push(
     certainty = display.certainty()
 
     seconds: dict[str, float] = {}
+    cost_aware = settings.priority.cost_aware
 
     def keep(path: str, det: Detections) -> None:
         kept[path] = display.shown(det)
-        seconds[path] = display.expected_seconds(det, settings.cost)
+        if cost_aware:  # only the per-second ranking needs it
+            seconds[path] = display.expected_seconds(det, settings.cost)
         regions[path] = detections_to_regions(kept[path], detector.class_names, config, certainty)
 
     params = {}
@@ -432,7 +436,7 @@ def _prioritized(settings, detector, scored, samples, seconds, kept) -> list:
     if rule.near_duplicates:
         features = torch.stack([kept[path].image_features for path in scored.keys])
         seen = image_features(detector, [s.path for s in samples], settings.predict_batch_size)
-    expected = [seconds[path] for path in scored.keys]
+    expected = [seconds[path] for path in scored.keys] if rule.cost_aware else None
     return prioritize(scored.keys, scored.scores, rule, expected, features, settings.al_budget, seen)
 
 

@@ -42,8 +42,8 @@ class FixedDetector:
 def test_cald_box_consistency_hand_computed():
     ref = det([[0, 0, 10, 10], [50, 50, 60, 60]], [0.9, 0.2], [1, 2], [[0.1, 0.9, 0.0], [0.8, 0.0, 0.2]])
     same = det([[0, 0, 10, 10]], [0.9], [1], [[0.1, 0.9, 0.0]])
-    # Box 1: IoU 1, JS 0 -> |1 + 0.9 - 1.3| = 0.6. Box 2: IoU 0 with the only view box, and
-    # JS of [0, 1] against [1, 0] (foreground renormalised... softmax rows used whole) -> larger; min = 0.6.
+    # Box 1: IoU 1, JS 0 -> |1 + 0.9 - 1.3| = 0.6. Box 2: IoU 0 with the only view box and
+    # different classes -> |0 + (1 - JS)(0.2 + 0.9)/2 - 1.3| > 0.8; the minimum is 0.6.
     assert view_consistency(ref, ref.boxes, same) == pytest.approx(0.6, abs=1e-5)
     # Far from the base point on every box: capped at 1.
     weak = det([[80, 80, 90, 90]], [0.05], [1], [[0.9, 0.05, 0.05]])

@@ -108,11 +108,15 @@ def test_the_heads_pull_on_the_detector_is_global_over_the_run(shapes, monkeypat
 
 
 def test_loss_spearman_reads_the_true_losses_of_labeled_images(trained_detector, shapes):
-    from al_core.training import loss_spearman
+    from al_core.training import DetectionDataset, loss_spearman
 
     samples = shapes["test"][:8]
-    predicted = [d.predicted_loss for d in trained_detector.predict([Image.open(s.path) for s in samples])]
-    rho = loss_spearman(trained_detector, samples, predicted)
-    assert -1.0 <= rho <= 1.0
-    assert loss_spearman(trained_detector, samples, predicted[::-1]) != pytest.approx(rho)
-    assert loss_spearman(trained_detector, samples[:2], predicted[:2]) is None
+    items = [DetectionDataset(samples)[i] for i in range(len(samples))]
+    trained_detector.model.train()
+    with torch.no_grad():
+        true, _ = per_image_losses(trained_detector, [i for i, _ in items], [t for _, t in items])
+    trained_detector.model.eval()
+    assert loss_spearman(trained_detector, samples, true.tolist()) == pytest.approx(1.0)
+    assert loss_spearman(trained_detector, samples, (-true).tolist()) == pytest.approx(-1.0)
+    assert not trained_detector.model.training  # left as it was found
+    assert loss_spearman(trained_detector, samples[:2], [0.0, 1.0]) is None

@@ -99,7 +99,7 @@ def test_uncertainty_over_the_shown_boxes_or_the_top_k():
         create_scorer("entropy", boxes="some")
 
 
-def test_final_pass_is_short_slow_and_detached():
-    last = final_pass(TrainConfig(epochs=12, lr=1e-3, warmup_iters=50, loss_head_detach_after=0.6), 0.2)
-    assert (last.epochs, last.lr, last.warmup_iters, last.loss_head_detach_after) == (2, pytest.approx(1e-4), 0, 0.0)
+def test_final_pass_is_short_and_slow():
+    last = final_pass(TrainConfig(epochs=12, lr=1e-3, warmup_iters=50), 0.2)
+    assert (last.epochs, last.lr, last.warmup_iters) == (2, pytest.approx(1e-4), 0)
     assert final_pass(TrainConfig(epochs=2), 0.2).epochs == 1

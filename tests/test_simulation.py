@@ -85,6 +85,8 @@ def test_gains_at_equal_boxes_are_paired_by_seed_with_an_interval():
     assert entry["gain_boxes"] == pytest.approx(0.0, abs=1e-9)
     low, high = entry["gain_boxes_ci95"]
     assert low == pytest.approx(0.0, abs=1e-9) and high == pytest.approx(0.0, abs=1e-9)
+    assert entry["gain_boxes_per_seed"] == pytest.approx([0.0, 0.0, 0.0], abs=1e-9)
+    assert len(entry["gain_images_per_seed"]) == 3 and min(entry["gain_images_per_seed"]) > 5
     # random ends at mean 0.3033 with 30 images and 30 boxes; smart gets there at 15 images, 30 boxes
     assert entry["saved_images"] == pytest.approx(0.5) and entry["saved_boxes"] == pytest.approx(0.0, abs=1e-9)
 
