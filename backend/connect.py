@@ -80,9 +80,9 @@ def connect(
     return Connection(ml.id, webhook.id, model_version, project.ensure_priority_view(fields_in_task_data))
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     settings = Settings.load()
-    parser = argparse.ArgumentParser(prog="python -m backend connect", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fdet-connect", description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
     parser.add_argument("--backend-url", default=f"http://{settings.host}:{settings.port}")
     parser.add_argument("--label-studio-url", default=settings.label_studio_url)

@@ -13,20 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from al_core.detectors import Detector
+from al_core.evaluation import evaluate
+from al_core.simulation import SimulationConfig, load_data
+from al_core.training import TrainConfig, train_detector
 
-from al_core.detectors import Detector  # noqa: E402
-from al_core.evaluation import evaluate  # noqa: E402
-from al_core.simulation import SimulationConfig, load_data  # noqa: E402
-from al_core.training import TrainConfig, train_detector  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 LOSSES = ("giou", "diou", "ciou", "eiou")
 

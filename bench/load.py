@@ -16,7 +16,6 @@ import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -25,14 +24,12 @@ from pathlib import Path
 
 import requests
 
+from al_core.datasets import generate_shapes
+from bench.predict_throughput import CONFIG
+from scripts.backend_process import BackendProcess, start_backend
+from scripts.label_studio import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT), str(ROOT / "scripts")]
-
-from backend_process import BackendProcess, start_backend  # noqa: E402
-from label_studio import free_port  # noqa: E402
-from predict_throughput import CONFIG  # noqa: E402
-
-from al_core.datasets import generate_shapes  # noqa: E402
 
 AUTH = ("load", "load-password-1")
 # Share of requests per endpoint: mostly what annotators cause, plus dashboards and probes.

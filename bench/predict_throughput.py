@@ -21,7 +21,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,17 +28,14 @@ from pathlib import Path
 import requests
 import torch
 
+from al_core.datasets import SHAPE_CLASSES, generate_shapes
+from al_core.detectors import Detector
+from al_core.images import load_rgb
+from al_core.training import TrainConfig, train_detector
+from scripts.backend_process import BackendProcess, start_backend
+from scripts.label_studio import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from backend_process import BackendProcess, start_backend  # noqa: E402
-from label_studio import free_port  # noqa: E402
-
-from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
-from al_core.detectors import Detector  # noqa: E402
-from al_core.images import load_rgb  # noqa: E402
-from al_core.training import TrainConfig, train_detector  # noqa: E402
 
 LABELS = "".join(f'<Label value="{c}"/>' for c in SHAPE_CLASSES)
 CONFIG = (

@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from exporters.label_studio_api import LabelStudioProject, TaskPrediction
+from scripts import label_studio
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import label_studio  # noqa: E402
-
-from exporters.label_studio_api import LabelStudioProject, TaskPrediction  # noqa: E402
 
 PATCHES = "WRITE_TASK_DATA: data.priority (a PATCH per task)"
 CONFIG = """<View><Image name="image" value="$image"/><RectangleLabels name="boxes" toName="image">

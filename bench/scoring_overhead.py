@@ -12,24 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from al_core.datasets import SHAPE_CLASSES, generate_shapes
+from al_core.detectors import Detector
+from al_core.detectors.detector import to_tensor
+from al_core.detectors.probing import unprobe
+from al_core.detectors.registry import build_model
+from al_core.images import load_rgb
+from al_core.scoring import PoolImage, ScoringContext, create_scorer
+from al_core.training import TrainConfig, train_detector
 
-from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
-from al_core.detectors import Detector  # noqa: E402
-from al_core.detectors.detector import to_tensor  # noqa: E402
-from al_core.detectors.probing import unprobe  # noqa: E402
-from al_core.detectors.registry import build_model  # noqa: E402
-from al_core.images import load_rgb  # noqa: E402
-from al_core.scoring import PoolImage, ScoringContext, create_scorer  # noqa: E402
-from al_core.training import TrainConfig, train_detector  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def bare_copy(detector: Detector, pretrained: str) -> torch.nn.Module:

@@ -13,18 +13,16 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from al_core.datasets import SHAPE_CLASSES, generate_shapes
+from al_core.detectors import Detector
+from al_core.training import TrainConfig, train_detector
 
-from al_core.datasets import SHAPE_CLASSES, generate_shapes  # noqa: E402
-from al_core.detectors import Detector  # noqa: E402
-from al_core.training import TrainConfig, train_detector  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def images_per_second(name: str, size: int, amp: bool, samples, epochs: int, batch_size: int) -> float:

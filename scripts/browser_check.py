@@ -65,10 +65,8 @@ def labeling_page_regions(
 
 
 def main() -> None:
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import label_studio
+    from scripts import label_studio
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", required=True)

@@ -23,26 +23,23 @@ import time
 from pathlib import Path
 
 import requests
+from label_studio_sdk import LabelStudio
+
+from al_core.datasets import DIGIT_CLASSES, DigitCanvasConfig, generate_digit_canvases
+from al_core.datasets.label_studio_format import box_to_percent
+from al_core.detectors import Detector
+from al_core.display import Display, annotator_seconds
+from al_core.evaluation import evaluate
+from al_core.pool import detect
+from al_core.versions import read_version
+from backend.connect import connect
+from backend.cycle import serving_display
+from backend.settings import Settings
+from exporters.label_studio_api import PRIORITY_VIEW_TITLE
+from scripts import label_studio
+from scripts.backend_process import start_backend
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import label_studio  # noqa: E402
-from backend_process import start_backend  # noqa: E402
-from label_studio_sdk import LabelStudio  # noqa: E402
-
-from al_core.datasets import DIGIT_CLASSES, DigitCanvasConfig, generate_digit_canvases  # noqa: E402
-from al_core.datasets.label_studio_format import box_to_percent  # noqa: E402
-from al_core.detectors import Detector  # noqa: E402
-from al_core.display import Display, annotator_seconds  # noqa: E402
-from al_core.evaluation import evaluate  # noqa: E402
-from al_core.pool import detect  # noqa: E402
-from al_core.versions import read_version  # noqa: E402
-from backend.connect import connect  # noqa: E402
-from backend.cycle import serving_display  # noqa: E402
-from backend.settings import Settings  # noqa: E402
-from exporters.label_studio_api import PRIORITY_VIEW_TITLE  # noqa: E402
 
 BACKEND_USER, BACKEND_PASSWORD = "demo-backend", "demo-backend-pass"
 LABELS = "".join(f'<Label value="{c}"/>' for c in DIGIT_CLASSES)
@@ -186,7 +183,7 @@ def main() -> int:
         score = top.predictions[0].score if top.predictions else None
         print(f"Most informative task now: {top.id} (prediction score {score}: 1 - informativeness)")
         if args.screenshot:
-            from browser_check import labeling_page_regions
+            from scripts.browser_check import labeling_page_regions
 
             shown = labeling_page_regions(
                 ls_server.url, label_studio.USERNAME, label_studio.PASSWORD, project.id, top.id, args.screenshot

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import label_studio  # noqa: E402
-from backend_process import BackendProcess, start_backend  # noqa: E402, F401
-from label_studio import free_port  # noqa: E402, F401  (one way to find a free port)
+from scripts import label_studio
+from scripts.backend_process import BackendProcess, start_backend  # noqa: F401
+from scripts.label_studio import free_port  # noqa: F401 (one way to find a free port)
 
 BACKEND_USER, BACKEND_PASSWORD = "ls-backend", "backend-pass-7d3f"
 

@@ -37,3 +37,26 @@ def test_the_walk_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from exporters.coco import write_coco\n    import flask.json\n")
     assert imported_roots(module) == {"exporters", "flask"}
+
+
+def test_nothing_edits_sys_path():
+    """The project is an installed package (pyproject.toml, `make setup`): bench/, scripts/ and
+    tests import it and each other by name."""
+    edits = [
+        str(path.relative_to(ROOT))
+        for folder in ("al_core", "backend", "exporters", "bench", "scripts", "tests")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if "sys.path" in path.read_text() and path != Path(__file__)
+    ]
+    assert edits == []
+
+
+def test_the_console_scripts_point_at_real_functions():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"fdet-backend", "fdet-al", "fdet-connect"}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))

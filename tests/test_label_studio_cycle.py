@@ -297,7 +297,7 @@ def test_retrieve_predictions_action_fills_every_task_in_one_call(cycle, label_s
 def test_the_labeling_editor_shows_the_pre_annotations(cycle, label_studio_server, tmp_path):  # noqa: F811
     """Headless Chromium logs in, opens the most informative unlabeled task with boxes, and the
     editor lists the prediction's regions: same labels, same scores, same order."""
-    from browser_check import labeling_page_regions
+    from scripts.browser_check import labeling_page_regions
 
     ls, project = cycle["ls"], cycle["project"]
     view = next(v for v in ls.views.list(project=project) if (v.data or {}).get("title") == "Most informative first")
@@ -421,7 +421,7 @@ def test_uncertain_boxes_come_first_and_al_ratio_sorts_the_data_manager(cycle, l
     assert expected and sorted(listed) == sorted(expected)
     assert [ratio[i] for i in listed] == sorted((ratio[i] for i in expected), reverse=True)
     # What the annotator sees: the editor lists the regions in the prediction's order, uncertain first.
-    from browser_check import labeling_page_regions
+    from scripts.browser_check import labeling_page_regions
 
     def result(task) -> list[dict]:
         return next(p.result for p in task.predictions if p.model_version == done["version"])

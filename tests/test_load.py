@@ -3,15 +3,10 @@ the backend as `make run` serves it (the untrained CPU preset), with a 16-task /
 15 s. Zero errors, the process alive; the figures are printed (the
 10-minute soak is `make stress`: bench/load.py --seconds 600)."""
 
-import sys
 from pathlib import Path
 
 from al_core.datasets import generate_shapes
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import load  # noqa: E402
+from bench import load
 
 
 def test_twenty_clients_for_a_minute_without_an_error(tmp_path):
