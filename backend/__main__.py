@@ -39,7 +39,10 @@ def main() -> None:
         from .connect import main as connect_main
 
         sys.exit(connect_main(sys.argv[2:]))
-    settings = Settings.load()
+    try:
+        settings = Settings.load()
+    except ValueError as error:  # a bad setting: one line naming it, not a traceback
+        sys.exit(f"fdet-backend: {error}")
     configure_logging(settings.log_level, settings.secrets)
     Server(settings).run()
 

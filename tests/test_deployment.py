@@ -1,7 +1,6 @@
 """The deployment files: the Dockerfile lints clean and mirrors `make run`; the compose file
 wires Label Studio and the backend as LABEL_STUDIO.md says, with settings the backend knows."""
 
-import dataclasses
 import re
 import shutil
 import subprocess
@@ -43,7 +42,7 @@ def test_compose_wires_label_studio_and_the_backend():
     # Ray's dashboard runs jobs for anyone who reaches it: never on every interface, never published.
     assert "--dashboard-host=127.0.0.1" in ray_head["command"] and "ports" not in ray_head
     assert backend["environment"]["BASIC_AUTH_PASS"].startswith("${BACKEND_PASSWORD:?")  # a credential is required
-    known = {field.name.upper() for field in dataclasses.fields(Settings)}
+    known = {name.upper() for name in Settings.model_fields}
     gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]["backend"]
     for name in [*backend["environment"], *gpu["environment"]]:
         assert name in known, f"{name} is not a backend setting"

@@ -1,4 +1,3 @@
-import dataclasses
 import re
 
 import pytest
@@ -28,11 +27,11 @@ def test_environment_over_yaml_over_defaults(tmp_path):
 
 
 def test_bad_settings_say_what_is_wrong(tmp_path):
-    with pytest.raises(ValueError, match="PORT must be an integer"):
+    with pytest.raises(ValueError, match="setting PORT: Input should be a valid integer"):
         Settings.load({"PORT": "ninety"})
     config = tmp_path / "bad.yaml"
     config.write_text("colour: blue\n")
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(ValueError, match="unknown setting COLOUR"):
         Settings.load({"CONFIG_FILE": str(config)})
     with pytest.raises(ValueError, match="AL_BOXES: all, shown or a positive number"):
         Settings.load({"AL_BOXES": "some"})
@@ -41,12 +40,42 @@ def test_bad_settings_say_what_is_wrong(tmp_path):
     assert rule.cost_aware and not rule.near_duplicates
 
 
+@pytest.mark.parametrize(
+    "environ, problem",
+    [
+        ({"AL_STRATEGY": "entrpy"}, "setting AL_STRATEGY: must be one of"),
+        ({"AL_AGGREGATION": "median"}, "setting AL_AGGREGATION: must be one of"),
+        ({"MODEL_DETECTOR": "yolo"}, "setting MODEL_DETECTOR: must be one of"),
+        ({"EXECUTOR": "k8s"}, "setting EXECUTOR: Input should be 'local' or 'ray'"),
+        ({"MODEL_PRETRAINED": "imagenet"}, "setting MODEL_PRETRAINED"),
+        ({"TRAIN_BOX_LOSS": "l1"}, "setting TRAIN_BOX_LOSS: must be one of"),
+        ({"TRAIN_EMPHASIS": "-1"}, "setting TRAIN_EMPHASIS: must be >= 0"),
+        ({"CERTAIN_PRECISION_TARGET": "2"}, "setting CERTAIN_PRECISION_TARGET"),
+        ({"WRITE_TASK_DATA": "maybe"}, "setting WRITE_TASK_DATA: Input should be a valid boolean"),
+        ({"LOG_LEVEL": "loud"}, "setting LOG_LEVEL"),
+        ({"COST_DRAW_SECONDS": "-3"}, "seconds"),
+    ],
+)
+def test_a_bad_value_is_refused_at_start_up_with_its_name(environ, problem):
+    with pytest.raises(ValueError, match=problem):
+        Settings.load(environ)
+
+
+def test_settings_read_the_given_environment_only(monkeypatch):
+    monkeypatch.setenv("PORT", "9555")
+    assert Settings.load({}).port == 9090 and Settings.load().port == 9555
+    assert Settings().port == 9090  # plain construction: defaults and arguments, no environment
+    assert Settings.load({"LOG_LEVEL": "debug", "WRITE_TASK_DATA": "on"}).log_level == "DEBUG"
+    with pytest.raises(Exception, match="frozen"):
+        Settings().port = 1
+
+
 def test_readme_table_lists_every_setting_with_its_default():
     readme = (ROOT / "README.md").read_text()
     rows = dict(re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", readme, flags=re.M))
-    for field in dataclasses.fields(Settings):
-        assert field.name.upper() in rows, f"{field.name.upper()} missing from the README table"
-        assert rows[field.name.upper()] == str(field.default), field.name
+    for name, field in Settings.model_fields.items():
+        assert name.upper() in rows, f"{name.upper()} missing from the README table"
+        assert rows[name.upper()] == str(field.default), name
 
 
 @pytest.mark.parametrize("raw, expected", [("4.1795262362", 4), (12, 12), ("7", 7), (None, None), ("", None)])
