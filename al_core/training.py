@@ -1,6 +1,10 @@
 """Training a detector on labeled images, in the spirit of torchvision's detection reference:
 linear warm-up then cosine decay, AMP on CUDA, a stop on a non-finite loss, COCO mAP on a
-held-out split, early stopping when mAP stops moving, and resumable state after each epoch."""
+held-out split, early stopping when mAP stops moving, and resumable state after each epoch.
+
+The loop is an epoch function (``_train_one_epoch``, one ``_Step`` per batch) inside
+``run_loop``; evaluation, best weights, early stopping, resume, TensorBoard and progress are
+hooks (al_core.training_hooks), in the manner of detectron2's ``train_loop.py``."""
 
 from __future__ import annotations
 
@@ -16,20 +20,29 @@ import torch.distributed as dist
 from scipy.stats import spearmanr
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from .detectors import Detector
 from .detectors.box_losses import training_losses
 from .detectors.detector import to_tensor
 from .detectors.loss_head import pair_ranking_loss
 from .device import flush_denormals
-from .evaluation import evaluate
 from .images import load_rgb
-from .tensorboard_log import log_evaluation, log_step
+from .training_hooks import (
+    BestWeights,
+    EarlyStop,
+    Evaluate,
+    Hook,
+    LoopState,
+    Progress,
+    ProgressReport,
+    Resume,
+    SaveState,
+    TensorBoard,
+    plateaued,
+)
 from .types import LabeledImage
 
-Progress = Callable[[float, str], None]  # (fraction done, what is happening)
+__all__ = ["NonFiniteLoss", "Progress", "TrainConfig", "TrainResult", "plateaued", "split_held_out", "train_detector"]
 
 
 @dataclass
@@ -209,20 +222,6 @@ def _interleaved(loaders: list[tuple[DataLoader, float]], rng: random.Random) ->
             raise RuntimeError("a loader yielded more batches than its length")
 
 
-def ap_shift(history: Sequence[dict], window: int) -> float | None:
-    """ASM's AP shift: mean |mAP_t - mAP_(t-1)| over the last ``window`` changes (None before)."""
-    if len(history) <= window:
-        return None
-    maps = [h["map"] for h in history[-(window + 1) :]]
-    return sum(abs(b - a) for a, b in zip(maps, maps[1:])) / window
-
-
-def plateaued(history: Sequence[dict], window: int, delta: float) -> bool:
-    """ASM's stop rule: the AP shift is below ``delta``."""
-    shift = ap_shift(history, window)
-    return shift is not None and shift < delta
-
-
 def train_detector(
     detector: Detector,
     samples: Sequence[LabeledImage],
@@ -250,8 +249,7 @@ def train_detector(
         raise ValueError("no labeled images to train on")
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
-    model, device = detector.model, detector.device
-    flush_denormals(device)
+    flush_denormals(detector.device)
     # Under a process group (Ray Train's TorchTrainer, torchrun) each worker trains on its shard
     # and DistributedDataParallel averages the gradients.
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -259,6 +257,59 @@ def train_detector(
         raise ValueError("learning-loss training runs per-image forward passes; train it on one worker")
     if distributed and pseudo:
         raise ValueError("pseudo-labeled images train on one worker")
+    loaders, sampler = _loaders(samples, pseudo, config, distributed)
+    total = config.epochs * sum(len(batches) for batches, _ in loaders)
+    step = _Step(detector, config, distributed, total)
+    chief = not distributed or dist.get_rank() == 0
+    loop = LoopState(detector, step.optimizer, step.scheduler, config.epochs, total, chief)
+    hooks = _hooks(config, held_out, on_progress, show_progress, state_path, log_dir)
+    start = time.perf_counter()
+    with training_losses(detector.model, config.box_loss, config.emphasis):
+        run_loop(loop, hooks, lambda epoch: _train_one_epoch(loop, step, loaders, sampler, hooks))
+    detector.mark_trained()
+    metrics = loop.best["metrics"] if loop.best else {}
+    seconds = time.perf_counter() - start
+    return TrainResult(loop.epoch + 1, loop.step, loop.loss, seconds, loop.history, metrics, loop.stop)
+
+
+def _hooks(config, held_out, on_progress, show_progress, state_path, log_dir) -> list[Hook]:
+    """In the order they run (see al_core.training_hooks)."""
+    hooks: list[Hook] = [Resume(Path(state_path))] if state_path else []
+    hooks += [ProgressReport(on_progress, show_progress), Evaluate(held_out, config.eval_every, on_progress)]
+    hooks += [BestWeights()]
+    if log_dir is not None:
+        hooks.append(TensorBoard(Path(log_dir), config.early_stop_window))
+    if state_path:
+        hooks.append(SaveState(Path(state_path)))
+    return hooks + [EarlyStop(config.early_stop_window, config.early_stop_delta, config.min_epochs)]
+
+
+def run_loop(loop: LoopState, hooks: Sequence[Hook], train_epoch: Callable[[int], None]) -> None:
+    """The epochs from where the run stands to ``loop.epochs``, hooks around each; the model is
+    left in eval mode whatever happens."""
+    for hook in hooks:
+        hook.before_train(loop)
+    try:
+        for epoch in range(loop.first_epoch, loop.epochs):
+            loop.epoch = epoch
+            train_epoch(epoch)
+            loop.model.eval()
+            for hook in hooks:
+                hook.after_epoch(loop)
+            if loop.stop:
+                break
+        loop.finished = True
+    finally:
+        loop.model.eval()
+        for hook in hooks:
+            hook.after_train(loop)
+
+
+def _loaders(
+    samples: Sequence[LabeledImage], pseudo: Sequence[LabeledImage], config: TrainConfig, distributed: bool
+) -> tuple[list[tuple[DataLoader, float]], DistributedSampler | None]:
+    """The human batches (sharded under DDP) and, with pseudo labels, their own batches, each
+    with its loss weight."""
     dataset = DetectionDataset(samples)
     sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed) if distributed else None
     loader = DataLoader(
@@ -273,121 +324,73 @@ def train_detector(
     loaders = [(loader, 1.0)]
     if pseudo:
         generator = torch.Generator().manual_seed(config.seed + 1)
-        pseudo_loader = DataLoader(
+        batches = DataLoader(
             DetectionDataset(pseudo),
             batch_size=config.batch_size,
             shuffle=True,
             collate_fn=_collate,
             generator=generator,
         )
-        loaders.append((pseudo_loader, config.pseudo_weight))
-    net = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if distributed
-        else model
-    )
-    chief = not distributed or dist.get_rank() == 0
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-    )
-    total = config.epochs * sum(len(batches) for batches, _ in loaders)
-    # The loss head's pull on the detector is global over the run: only a detector's first
-    # training (from the pretrained backbone) feels it, for its first loss_head_detach_after;
-    # fine-tuning a trained detector keeps the head detached from the start.
-    detach_after = 0.0 if detector.version.trained else config.loss_head_detach_after
-    warmup = min(config.warmup_iters, max(total // 5, 1))
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return 0.001 + (1 - 0.001) * step / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    use_amp = device.type == "cuda" and config.amp
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    step, first_epoch, history, best = 0, 0, [], None
-    state_path = Path(state_path) if state_path else None
-    if state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, first_epoch, history, best = state["step"], state["epoch"] + 1, state["history"], state["best"]
-    report = on_progress or (lambda fraction, stage: None)
-    start, loss_value, stopped_early, epoch = time.perf_counter(), float("nan"), False, first_epoch - 1
-    bar = tqdm(total=total, initial=step, desc="train", disable=not (show_progress and chief))
-    board = SummaryWriter(str(log_dir)) if log_dir is not None and chief else None
-    with training_losses(model, config.box_loss, config.emphasis):
-        try:
-            for epoch in range(first_epoch, config.epochs):
-                if sampler is not None:
-                    sampler.set_epoch(epoch)
-                model.train()
-                for (images, targets), weight in _interleaved(loaders, random.Random(config.seed * 1000 + epoch)):
-                    images = [image.to(device) for image in images]
-                    targets = [{key: value.to(device) for key, value in t.items()} for t in targets]
-                    with torch.autocast(device.type, enabled=use_amp):
-                        detach = step / total >= detach_after
-                        loss, parts = _step_loss(detector, net, images, targets, config, detach)
-                        loss = weight * loss
-                    loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise NonFiniteLoss(
-                            f"loss is {loss_value} at step {step} (epoch {epoch}); try a lower learning rate"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if board is not None:
-                        log_step(board, step, loss_value, parts, scheduler.get_last_lr()[0], weight)
-                    scheduler.step()
-                    step += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.3f}")
-                    report(step / total, f"training: epoch {epoch + 1}/{config.epochs}, loss {loss_value:.3f}")
-                model.eval()
-                if held_out and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-                    report(step / total, f"evaluating after epoch {epoch + 1}")
-                    metrics = evaluate(detector, held_out)
-                    history.append({"epoch": epoch + 1, **metrics})
-                    if board is not None:
-                        log_evaluation(board, epoch + 1, metrics, ap_shift(history, config.early_stop_window))
-                    if best is None or metrics["map"] > best["metrics"]["map"]:
-                        best = {"metrics": metrics, "epoch": epoch + 1, "weights": _cpu_copy(model.state_dict())}
-                if state_path is not None and chief:
-                    _save_state(state_path, model, optimizer, scheduler, epoch, step, history, best)
-                if epoch + 1 >= config.min_epochs and plateaued(
-                    history, config.early_stop_window, config.early_stop_delta
-                ):
-                    stopped_early = True
-                    break
-        finally:
-            bar.close()
-            model.eval()
-            if board is not None:
-                board.close()
-    if best is not None:
-        model.load_state_dict(best["weights"])
-    detector.mark_trained()
-    metrics = best["metrics"] if best else {}
-    return TrainResult(epoch + 1, step, loss_value, time.perf_counter() - start, history, metrics, stopped_early)
+        loaders.append((batches, config.pseudo_weight))
+    return loaders, sampler
 
 
-def _cpu_copy(state: dict) -> dict:
-    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
+class _Step:
+    """One optimisation step: AdamW, linear warm-up then cosine decay, AMP on CUDA, the loss
+    head's detach point, and a stop before a non-finite loss is stepped on."""
+
+    def __init__(self, detector: Detector, config: TrainConfig, distributed: bool, total: int):
+        model, device = detector.model, detector.device
+        self.detector, self.config, self.total = detector, config, total
+        self.net = (
+            DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            if distributed
+            else model
+        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.warmup = min(config.warmup_iters, max(total // 5, 1))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.use_amp = device.type == "cuda" and config.amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        # The loss head's pull on the detector is global over the run: only a detector's first
+        # training (from the pretrained backbone) feels it, for its first loss_head_detach_after;
+        # fine-tuning a trained detector keeps the head detached from the start.
+        self.detach_after = 0.0 if detector.version.trained else config.loss_head_detach_after
+
+    def _lr_factor(self, step: int) -> float:
+        if step < self.warmup:
+            return 0.001 + (1 - 0.001) * step / self.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - self.warmup) / max(self.total - self.warmup, 1)))
+
+    def __call__(self, loop: LoopState, images, targets, weight: float) -> dict:
+        device = self.detector.device
+        images = [image.to(device) for image in images]
+        targets = [{key: value.to(device) for key, value in t.items()} for t in targets]
+        with torch.autocast(device.type, enabled=self.use_amp):
+            detach = loop.step / self.total >= self.detach_after
+            loss, parts = _step_loss(self.detector, self.net, images, targets, self.config, detach)
+            loss = weight * loss
+        loop.loss = float(loss.detach())
+        if not math.isfinite(loop.loss):
+            raise NonFiniteLoss(
+                f"loss is {loop.loss} at step {loop.step} (epoch {loop.epoch}); try a lower learning rate"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return parts
 
 
-def _save_state(path: Path, model, optimizer, scheduler, epoch, step, history, best) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "history": history,
-        "best": best,
-    }
-    torch.save(state, tmp)
-    tmp.replace(path)
+def _train_one_epoch(loop: LoopState, step: _Step, loaders, sampler, hooks: Sequence[Hook]) -> None:
+    """Every batch once, in the epoch's seeded interleaving of human and pseudo-labeled batches."""
+    if sampler is not None:
+        sampler.set_epoch(loop.epoch)
+    loop.model.train()
+    for (images, targets), weight in _interleaved(loaders, random.Random(step.config.seed * 1000 + loop.epoch)):
+        parts = step(loop, images, targets, weight)
+        loop.step += 1
+        for hook in hooks:
+            hook.after_step(loop, parts, weight)
+        step.scheduler.step()
