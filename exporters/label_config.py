@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from functools import lru_cache
+
+from label_studio_sdk.label_interface import LabelInterface
+from label_studio_sdk.label_interface.control_tags import RectangleLabelsTag
+from label_studio_sdk.label_interface.object_tags import ImageTag
 
 
 class LabelConfigError(ValueError):
@@ -33,34 +37,38 @@ class LabelConfig:
         return folded.get(class_name.casefold())
 
 
+@lru_cache(maxsize=256)  # /predict reads the same few configs on every call
 def parse_label_config(xml: str) -> LabelConfig:
+    """The box tag of a labeling config, read with label-studio-sdk's LabelInterface (the
+    parser Label Studio's own tools use)."""
     if not xml or not xml.strip():
         raise LabelConfigError("the labeling config is empty")
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as error:
+        interface = LabelInterface(xml)
+    except Exception as error:  # the SDK's XML syntax error, or its refusal of a malformed tag
         raise LabelConfigError(f"the labeling config is not valid XML: {error}") from None
-    tags = list(root.iter())
-    rectangles = [tag for tag in tags if tag.tag.lower() == "rectanglelabels"]
+    rectangles = [tag for tag in interface.controls or () if isinstance(tag, RectangleLabelsTag)]
     if not rectangles:
         raise LabelConfigError("the labeling config has no <RectangleLabels> tag; this backend predicts boxes")
-    images = {tag.get("name"): tag for tag in tags if tag.tag.lower() == "image"}
+    images = {tag.name: tag for tag in interface.objects or () if isinstance(tag, ImageTag)}
     for rect in rectangles:
-        image = images.get(rect.get("toName", ""))
-        if image is None or not rect.get("name"):
+        image = next((images[name] for name in rect.to_name or () if name in images), None)
+        if image is None:
             continue
-        value = image.get("value", "")
-        if not value.startswith("$") or len(value) < 2:
-            raise LabelConfigError(f'<Image name="{image.get("name")}"> needs value="$<data key>", got {value!r}')
-        labels, aliases = [], []
-        for label in rect:
-            if label.tag.lower() != "label" or not label.get("value"):
-                continue
-            labels.append(label.get("value"))
-            for alias in (label.get("predicted_values") or "").split(","):
-                if alias.strip():
-                    aliases.append((alias.strip(), label.get("value")))
+        if not image.value_is_variable or len(image.value or "") < 2:
+            raise LabelConfigError(f'<Image name="{image.name}"> needs value="$<data key>", got {image.value!r}')
+        labels = tuple(rect.labels or ())
         if not labels:
-            raise LabelConfigError(f'<RectangleLabels name="{rect.get("name")}"> has no <Label> children')
-        return LabelConfig(rect.get("name"), image.get("name"), value[1:], tuple(labels), tuple(aliases))
+            raise LabelConfigError(f'<RectangleLabels name="{rect.name}"> has no <Label> children')
+        return LabelConfig(rect.name, image.name, image.value_name, labels, _aliases(rect))
     raise LabelConfigError("no <RectangleLabels> tag points with toName to an <Image> tag of the config")
+
+
+def _aliases(rect: RectangleLabelsTag) -> tuple[tuple[str, str], ...]:
+    """(model class, label value) from each label's ``predicted_values="car, truck"``."""
+    return tuple(
+        (alias.strip(), value)
+        for value, label in (rect.labels_attrs or {}).items()
+        for alias in str(label.attr.get("predicted_values") or "").split(",")
+        if alias.strip()
+    )

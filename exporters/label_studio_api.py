@@ -5,14 +5,19 @@ Data Manager view, the project's model version and sampling)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import httpx
 from label_studio_sdk import LabelStudio
+
+from .label_studio_auth import LabelStudioAuth
 
 log = logging.getLogger(__name__)
 
+RETRIED_STATUSES = {408, 409, 429}  # and every 5xx, as the SDK retries its own calls
 PRIORITY_VIEW_TITLE = "Most informative first"
 QUICK_ACCEPTANCE_VIEW_TITLE = "Quick acceptance: self-labeled"
 PRIORITY_KEY = "priority"
@@ -47,15 +52,35 @@ def prediction_payload(item: TaskPrediction, model_version: str) -> dict:
 
 
 class LabelStudioProject:
-    """One project, through label-studio-sdk. Every call (the SDK's and the two raw ones below)
-    is retried by the SDK's HTTP client on connection errors and on 5xx, 408, 409 and 429
-    answers, ``retries`` times with exponential backoff (1 s, 2 s, 4 s, ... plus jitter)."""
+    """One project, through label-studio-sdk. Every call is retried on connection errors and on
+    5xx, 408, 409 and 429 answers, ``retries`` times with exponential backoff (1 s, 2 s, 4 s,
+    ...): the SDK's calls by the SDK, the two it has no method for by ``_raw``."""
 
     def __init__(self, url: str, api_key: str, project_id: int, workers: int = 8, retries: int = 4, httpx_client=None):
-        self.client = LabelStudio(base_url=url, api_key=api_key, httpx_client=httpx_client)
-        self.client._client_wrapper.httpx_client.base_max_retries = retries  # the SDK takes it per call only
+        self.http = httpx_client or httpx.Client(timeout=60, follow_redirects=True)
+        self.client = LabelStudio(base_url=url, api_key=api_key, httpx_client=self.http, max_retries=retries)
+        self.auth = LabelStudioAuth(url, api_key, client=self.client)
+        self.api = url.rstrip("/") + f"/api/projects/{int(project_id)}/"
         self.project_id = project_id
         self.workers = workers
+        self.retries = retries
+
+    def _raw(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """A call under this project's API path that the SDK has no method for, on the same
+        HTTP client with the same credentials."""
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self.http.request(method, self.api + path, headers=self.auth(), **kwargs)
+            except httpx.TransportError:
+                if last:
+                    raise
+            else:
+                if last or not (response.status_code >= 500 or response.status_code in RETRIED_STATUSES):
+                    response.raise_for_status()
+                    return response
+            time.sleep(2**attempt)
+        raise AssertionError("unreachable")
 
     def label_config(self) -> str:
         return self.client.projects.get(id=self.project_id).label_config
@@ -136,9 +161,7 @@ class LabelStudioProject:
 
     def prediction_versions(self) -> dict[str, int]:
         """How many predictions the project holds of each model version."""
-        http = self.client._client_wrapper.httpx_client  # the SDK has no call for this endpoint
-        response = http.request(f"api/projects/{self.project_id}/model-versions/", method="GET")
-        response.raise_for_status()
+        response = self._raw("GET", "model-versions/")
         return {str(version): int(count) for version, count in response.json().items()}
 
     def delete_predictions(self, model_versions: Sequence[str]) -> int:
@@ -146,13 +169,9 @@ class LabelStudioProject:
         annotator sees one pre-annotation per task: the newest. Call it after the project's
         model version moved on: deleting the project's current version also clears that field.
         Returns how many predictions went."""
-        http = self.client._client_wrapper.httpx_client  # the SDK has no call for this endpoint
         deleted = 0
         for version in model_versions:
-            response = http.request(
-                f"api/projects/{self.project_id}/model-versions/", method="DELETE", json={"model_version": version}
-            )
-            response.raise_for_status()
+            response = self._raw("DELETE", "model-versions/", json={"model_version": version})
             deleted += response.json().get("deleted_predictions", 0)
         return deleted
 

@@ -1,0 +1,53 @@
+"""The Authorization header for calls to Label Studio that label-studio-sdk has no method for
+(file downloads, the model-versions endpoint).
+
+A legacy token goes as ``Token <key>``. A personal access token is a JWT refresh token: it is
+exchanged for a short-lived access token through the SDK's public ``tokens.refresh``, kept
+until shortly before it expires, and sent as ``Bearer <access token>``. Each new access token
+is handed to ``on_new_token`` (the service registers it with its log redaction).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import jwt
+from label_studio_sdk import LabelStudio
+
+RENEW_BEFORE_S = 30.0  # renew an access token this long before it expires
+
+
+def _claims(token: str) -> dict:
+    """A JWT's claims, unverified (Label Studio checks them), or {} for a legacy token."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return {}
+
+
+class LabelStudioAuth:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        on_new_token: Callable[[str], None] = lambda token: None,
+        client: LabelStudio | None = None,
+    ):
+        self._key = api_key
+        self._personal = _claims(api_key).get("token_type") == "refresh"
+        self._client = client or LabelStudio(base_url=url, api_key=api_key)
+        self._on_new_token = on_new_token
+        self._access, self._expires = "", 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dict[str, str]:
+        if not self._personal:
+            return {"Authorization": f"Token {self._key}"}
+        with self._lock:  # one exchange when many threads find the token stale at once
+            if time.time() >= self._expires - RENEW_BEFORE_S:
+                access = self._client.tokens.refresh(refresh=self._key).access
+                self._on_new_token(access)
+                self._access, self._expires = access, float(_claims(access).get("exp", 0))
+            return {"Authorization": f"Bearer {self._access}"}
