@@ -25,6 +25,7 @@ from exporters.label_config import LabelConfigError, parse_label_config
 
 from .cycle import CycleServices, check_train_params, run_cycle, serving_display
 from .images import ImageLoader
+from .job_store import JobStore, QueueFull
 from .jobs import JobRunner
 from .label_studio_auth import LabelStudioAuth
 from .metrics import Metrics
@@ -32,7 +33,7 @@ from .models import Models, VersionError
 from .openapi import JOBS_PAGE, JOBS_PAGE_MAX, MAX_ID, openapi_document
 from .predictor import Predictor
 from .settings import Settings
-from .store import QueueFull, Store
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     metrics = Metrics()
     store = Store(settings.data_path / "state.sqlite3")
+    job_store = JobStore(store.path)
     models = Models(detector or load_detector(settings), store, settings.model_device, settings.max_loaded_models)
     models.check_active_versions()
     ls_auth = (
@@ -151,15 +153,15 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         max_wait_s=settings.predict_max_wait_ms / 1000,
         cost=settings.cost,
     )
-    services = CycleServices(settings, store, models, loader)
+    services = CycleServices(settings, store, models, loader, job_store)
     jobs = JobRunner(
-        store,
+        job_store,
         lambda job, report: run_cycle(services, job, report),
         max_queued=settings.max_queued_jobs,
         history_max=settings.job_history_max,
     )
     jobs.start()
-    app.extensions.update(predictor=predictor, store=store, models=models, jobs=jobs)
+    app.extensions.update(predictor=predictor, store=store, job_store=job_store, models=models, jobs=jobs)
     base = models.base
     log.info("serving %s (%s) on %s", base.version.name, base.version.detector, base.device)
     if settings.open_without_auth:
@@ -313,7 +315,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         return jsonify(status="counted", new_annotations=count, threshold=settings.train_min_new_annotations), 200
 
     def job_or_404(job_id: str):
-        job = store.job(job_id)
+        job = job_store.job(job_id)
         if job is None:
             return None
         return job.to_dict()
@@ -339,8 +341,8 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         limit = _int_arg("limit", JOBS_PAGE, 1, JOBS_PAGE_MAX)
         offset = _int_arg("offset", 0, 0, MAX_ID)
         return jsonify(
-            jobs=[job.to_dict() for job in store.jobs(project_id, limit=limit, offset=offset)],
-            total=store.count_jobs(project_id),
+            jobs=[job.to_dict() for job in job_store.jobs(project_id, limit=limit, offset=offset)],
+            total=job_store.count_jobs(project_id),
             limit=limit,
             offset=offset,
         )

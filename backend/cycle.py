@@ -40,10 +40,11 @@ from exporters.label_studio_regions import detections_to_regions
 
 from . import retention
 from .images import ImageError, ImageLoader
+from .job_store import Job, JobStore
 from .jobs import Report
 from .models import Models
 from .settings import Settings
-from .store import Cycle, Job, Store, TaskScore
+from .store import Cycle, Store, TaskScore
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class CycleServices:
     store: Store
     models: Models
     loader: ImageLoader
+    jobs: JobStore
 
     @property
     def exports(self) -> Path:
@@ -152,7 +154,7 @@ def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
     try:
         version = _run_cycle(services, run, report)
     finally:
-        store.update_job(job.id, skipped=[{"task": t, "reason": r} for t, r in sorted(run.skipped.items())])
+        services.jobs.update_job(job.id, skipped=[{"task": t, "reason": r} for t, r in sorted(run.skipped.items())])
         _sweep_stale_work(work, "")  # this run's images, training state and TensorBoard folder too
     store.consume_annotation_events(job.project_id, events)  # kept for the next run if this one failed
     retention.prune(services.settings, store, services.models, job.project_id)

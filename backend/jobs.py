@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from .store import FINISHED_STATES, Job, Store
+from .job_store import FINISHED_STATES, Job, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _pid_alive(pid: int) -> bool:
 class JobRunner:
     def __init__(
         self,
-        store: Store,
+        store: JobStore,
         work: Work,
         lease_s: float = LEASE_S,
         max_queued: int | None = None,
@@ -96,7 +96,7 @@ class JobRunner:
         return job, joined
 
     def cancel(self, job_id: str) -> tuple[Job | None, bool]:
-        """(the job, whether it was queued or running): see Store.cancel_job."""
+        """(the job, whether it was queued or running): see JobStore.cancel_job."""
         job, changed = self.store.cancel_job(job_id, CANCELLED_QUEUED)
         if changed and job.state == "cancelled":
             self._prune()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from al_core.scoring import AGGREGATIONS, SCORERS
 
+from .job_store import JOB_STATES
 from .settings import Settings
-from .store import JOB_STATES
 
 # SQLite's INTEGER range: project and task ids beyond it are refused with 400.
 MAX_ID = 2**63 - 1

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from backend.job_store import JobStore
 from backend.jobs import JobRunner
-from backend.store import Store
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
             out.write(f"{job.id} {start} {time.time()} {name}\n")
         return f"{name}-{job.id}"
 
-    runner = JobRunner(Store(state / "state.sqlite3"), work)
+    runner = JobRunner(JobStore(state / "state.sqlite3"), work)
     runner.start()
     print("ready", flush=True)
     while True:

@@ -10,6 +10,7 @@ import pytest
 
 from backend.cycle import CycleError, CycleServices, push
 from backend.images import ImageLoader
+from backend.job_store import JobStore
 from backend.models import Models
 from backend.store import Store
 from exporters.label_studio_api import LabelStudioProject, TaskPrediction
@@ -85,7 +86,8 @@ def services(tmp_path, untrained_detector):
     def build(retries: int) -> CycleServices:
         settings = make_settings(tmp_path, label_studio_retries=retries)
         store = Store(settings.data_path / "state.sqlite3")
-        return CycleServices(settings, store, Models(untrained_detector, store, "cpu"), ImageLoader(settings))
+        models = Models(untrained_detector, store, "cpu")
+        return CycleServices(settings, store, models, ImageLoader(settings), JobStore(store.path))
 
     return build
 

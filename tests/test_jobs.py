@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from backend.job_store import JobStore
 from backend.jobs import INTERRUPTED, JobRunner
-from backend.store import Store
 
 
 class Gate:
@@ -128,7 +128,7 @@ def test_unknown_jobs_and_probes(make_client):
 
 
 def test_a_restart_fails_running_jobs_and_keeps_queued_ones(tmp_path):
-    store = Store(tmp_path / "state.sqlite3")
+    store = JobStore(tmp_path / "state.sqlite3")
     running, _ = store.submit_job(1, {}, "POST /train")
     store.update_job(running.id, state="running")  # no owner: a build before heartbeats
     queued, _ = store.submit_job(2, {}, "POST /train")
@@ -202,7 +202,7 @@ def test_cancel_a_finished_or_unknown_job(reporting_client):
 
 def test_jobs_come_in_pages_oldest_first_with_the_total(make_client):
     client = make_client()
-    store = client.application.extensions["store"]
+    store = client.application.extensions["job_store"]
     ids = [store.submit_job(project, {}, "test")[0].id for project in range(7)]
     for job_id in ids:  # finished, so the worker leaves them alone
         store.update_job(job_id, state="done")
@@ -218,7 +218,7 @@ def test_jobs_come_in_pages_oldest_first_with_the_total(make_client):
 
 def test_jobs_page_default_and_most(make_client):
     client = make_client()
-    store = client.application.extensions["store"]
+    store = client.application.extensions["job_store"]
     for project in range(501):
         store.update_job(store.submit_job(project, {}, "test")[0].id, state="failed")
     assert len(client.get("/jobs").get_json()["jobs"]) == 50

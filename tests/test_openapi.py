@@ -211,14 +211,16 @@ def check_limits_and_cancel(client, call) -> None:
         while not release.wait(0.02):
             report(0.5, "training")
 
-    for job in client.application.extensions["store"].jobs():  # the earlier ones ran the real cycle
+    for job in client.application.extensions["job_store"].jobs():  # the earlier ones ran the real cycle
         jobs.wait(job.id, timeout=30)
     jobs.work = work
     try:
         running = call("POST", "/train", status=201, json={"project": 9}).get_json()["job_id"]
         queued = call("POST", "/train", status=201, json={"project": 10}).get_json()["job_id"]
         deadline = time.monotonic() + 10
-        while client.application.extensions["store"].job(running).state != "running" and time.monotonic() < deadline:
+        while (
+            client.application.extensions["job_store"].job(running).state != "running" and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         answer = call("POST", "/jobs/{job_id}/cancel", f"/jobs/{queued}/cancel", status=200).get_json()
         assert answer["state"] == "cancelled"
@@ -395,11 +397,14 @@ def test_fuzz_every_endpoint_against_the_document(make_client, image_server, sha
 
     # Nothing heavy started: every training job failed fast for want of Label Studio.
     deadline = time.monotonic() + 60
-    while any(job.state in ("queued", "running") for job in store.jobs()) and time.monotonic() < deadline:
+    while (
+        any(job.state in ("queued", "running") for job in app.extensions["job_store"].jobs())
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
-    for job in store.jobs():
+    for job in app.extensions["job_store"].jobs():
         assert job.state == "failed" and "LABEL_STUDIO_URL" in (job.error or ""), job
-    tally.jobs = len(store.jobs())
+    tally.jobs = len(app.extensions["job_store"].jobs())
 
     # Still serving: health and a real prediction.
     assert client.get("/health").status_code == 200

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from backend.job_store import JobStore
 from backend.jobs import INTERRUPTED, JobRunner
-from backend.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_two_replicas_never_double_train_and_lose_nothing(tmp_path):
     replicas = [start_replica(tmp_path, name, 0.4) for name in ("a", "b")]
     try:
         # Triggers for 4 projects arrive through both replicas' stores, interleaved.
-        stores = [Store(tmp_path / "state.sqlite3"), Store(tmp_path / "state.sqlite3")]
+        stores = [JobStore(tmp_path / "state.sqlite3"), JobStore(tmp_path / "state.sqlite3")]
         submitted = set()
         for round_ in range(3):
             for project in range(4):
@@ -75,7 +75,7 @@ def test_two_replicas_never_double_train_and_lose_nothing(tmp_path):
 
 def test_a_killed_replica_fails_its_job_which_runs_again(tmp_path):
     first = start_replica(tmp_path, "killed", 30)
-    store = Store(tmp_path / "state.sqlite3")
+    store = JobStore(tmp_path / "state.sqlite3")
     job, _ = store.submit_job(7, {}, "POST /train")
     wait_for(lambda: store.job(job.id).state == "running", 20, "the job to start")
     first.send_signal(signal.SIGKILL)
@@ -95,7 +95,7 @@ def test_a_killed_replica_fails_its_job_which_runs_again(tmp_path):
 
 @pytest.mark.parametrize("age, expected", [(5.0, "running"), (120.0, "failed")])
 def test_a_job_owned_on_another_host_fails_only_past_the_lease(tmp_path, age, expected):
-    store = Store(tmp_path / "state.sqlite3")
+    store = JobStore(tmp_path / "state.sqlite3")
     job, _ = store.submit_job(1, {}, "POST /train")
     store.update_job(job.id, state="running", owner="other-host:42:abcd", heartbeat_at=time.time() - age)
     queued, _ = store.submit_job(2, {}, "POST /train")

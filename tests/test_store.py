@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from backend.store import QueueFull, Store, TaskScore
+from backend.job_store import JobStore, QueueFull
+from backend.store import Store, TaskScore
 
 OLD_TASK_SCORES = """
 CREATE TABLE task_scores (
@@ -80,13 +81,13 @@ def test_an_old_database_is_migrated_on_open(tmp_path):
         assert db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'task_scores_old'").fetchone() == (0,)
     store.save_scores(None, [TaskScore(1, "v1", "entropy", 0.9, 0.9)])
     assert _rows(path)[0] == (None, 1, "entropy", 0.9) and len(_rows(path)) == 3
-    assert store.job("old").cancel_requested is False  # the jobs table got its new column too
+    assert JobStore(path).job("old").cancel_requested is False  # the jobs table got its new column too
     Store(path)  # opening a migrated file again changes nothing
     assert len(_rows(path)) == 3
 
 
 def test_the_queue_bound_counts_queued_jobs_across_projects(tmp_path):
-    store = Store(tmp_path / "state.sqlite3")
+    store = JobStore(tmp_path / "state.sqlite3")
     first, _ = store.submit_job(1, {}, "t", max_queued=2)
     store.submit_job(2, {}, "t", max_queued=2)
     with pytest.raises(QueueFull, match=r"2 training jobs are queued.*MAX_QUEUED_JOBS \(2\)"):
@@ -98,8 +99,8 @@ def test_the_queue_bound_counts_queued_jobs_across_projects(tmp_path):
     assert store.count_jobs(state="queued") == 2
 
 
-def test_cancel_at_the_store(tmp_path):
-    store = Store(tmp_path / "state.sqlite3")
+def test_cancel_at_the_job_store(tmp_path):
+    store = JobStore(tmp_path / "state.sqlite3")
     queued, _ = store.submit_job(1, {}, "t")
     job, changed = store.cancel_job(queued.id, "why")
     assert changed and (job.state, job.error, job.stage) == ("cancelled", "why", "cancelled") and job.finished_at
@@ -113,7 +114,7 @@ def test_cancel_at_the_store(tmp_path):
 
 
 def test_prune_keeps_the_newest_finished_jobs_and_every_unfinished_one(tmp_path):
-    store = Store(tmp_path / "state.sqlite3")
+    store = JobStore(tmp_path / "state.sqlite3")
     ids = {}
     for index, state in enumerate(["done", "failed", "cancelled", "done", "queued", "running"]):
         job, _ = store.submit_job(index, {}, "t")
