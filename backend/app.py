@@ -32,6 +32,7 @@ from .metrics import Metrics
 from .models import Models, VersionError
 from .openapi import JOBS_PAGE, JOBS_PAGE_MAX, MAX_ID, openapi_document
 from .predictor import Predictor
+from .score_writer import ScoreWriter
 from .settings import Settings
 from .store import Store
 
@@ -146,7 +147,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     predictor = Predictor(
         create_scorer("entropy", aggregation="mean"),
         loader,
-        store,
+        ScoreWriter(store),
         metrics,
         batch_size=settings.predict_batch_size,
         fetch_workers=settings.fetch_workers,

@@ -25,7 +25,8 @@ from exporters.label_studio_regions import detections_to_regions
 from .batcher import Batcher
 from .images import ImageError, ImageLoader
 from .metrics import Metrics
-from .store import Store, TaskScore
+from .score_writer import ScoreWriter
+from .store import TaskScore
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Predictor:
         self,
         scorer: Scorer,
         loader: ImageLoader,
-        store: Store,
+        writer: ScoreWriter,
         metrics: Metrics,
         batch_size: int,
         fetch_workers: int,
@@ -57,7 +58,7 @@ class Predictor:
         self.scorer = scorer
         self.cost = cost or CostModel()
         self.loader = loader
-        self.store = store
+        self.writer = writer  # the scores go to SQLite off the request path
         self.metrics = metrics
         self.batch_size = batch_size
         self.pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="fetch")
@@ -106,8 +107,7 @@ class Predictor:
                     scores.append(
                         TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized)
                     )
-        if scores:
-            self.store.save_scores(project_id, scores)
+        self.writer.submit(project_id, scores)
         return results
 
     def _failed(self, detector: Detector, error: str) -> dict:

@@ -7,6 +7,11 @@
    model forward (decoded images, batches of 8) on the same images.
 
     python bench/predict_throughput.py [--clients 8] [--requests 400] [--repeats 3]
+    python bench/predict_throughput.py --profile data/predict.txt   # where /predict spends its time
+
+With --profile, only the HTTP mode runs, with py-spy (requirements-dev.txt) sampling the server
+and its worker; the collapsed stacks go to the file and the frames that take the most time are
+printed, self and inclusive.
 
 Each backend runs as `make run` runs it (`python -m backend`, gunicorn) with a checkpoint trained
 first, so detections look like real ones. Prints a table and writes
@@ -21,8 +26,10 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import requests
@@ -129,6 +136,29 @@ def bare_forward(detector: Detector, paths: list[str], batch_size: int, count: i
     return {"seconds": seconds, "images_per_second": done / seconds}
 
 
+def profile(backend: BackendProcess, paths: list[str], seconds: float, tmp: Path, out: Path) -> None:
+    """The HTTP mode under py-spy: collapsed stacks to ``out``, the heaviest frames printed."""
+    spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(backend.process.pid), "--subprocesses"]
+    spy += ["--rate", "200", "--duration", str(int(seconds)), "--format", "raw", "--output", str(out), "--nonblocking"]
+    sampler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(1.0)  # attached before the load starts
+    load(backend, paths, 1, 8, seconds, tmp)
+    sampler.wait(timeout=seconds + 60)
+    own, inclusive, total = Counter(), Counter(), 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    print(f"\n{total} samples of the server and its worker (idle threads included); collapsed stacks: {out}")
+    for title, counts in (("self", own), ("inclusive", inclusive)):
+        print(f"\ntop frames, {title}:")
+        for frame, count in counts.most_common(15):
+            print(f"{100 * count / total:6.1f}%  {frame}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -138,6 +168,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--train-epochs", type=int, default=4)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "predict_throughput.json"))
+    parser.add_argument("--profile", type=Path, help="only the HTTP mode, sampled by py-spy; its stacks go here")
     args = parser.parse_args()
     os.environ.setdefault("TORCH_HOME", str(ROOT / "data" / "torch_home"))
     torch.set_flush_denormal(True)
@@ -151,6 +182,12 @@ def main() -> None:
         checkpoint = tmp / "model.pt"
         detector.save(checkpoint, "bench-v1")
         paths = [s.path for s in generate_shapes(tmp / "pool", args.images, seed=3)]
+        if args.profile:
+            backend = serve(checkpoint, tmp, tmp / "state-profile", 8, args.max_wait_ms)
+            try:
+                return profile(backend, paths, args.seconds, tmp, args.profile)
+            finally:
+                backend.stop()
         runs: dict[str, list[dict]] = {}
         for repeat in range(args.repeats):
             for name, batch, clients, per_request in (

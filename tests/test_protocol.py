@@ -65,7 +65,9 @@ def test_predict_answers_every_task_in_order_even_broken_ones(make_client, image
         assert 0.0 <= entry["score"] <= 1.0 and entry["informativeness"] >= 0 and entry["scorer"] == "entropy"
     for index, reason in [(1, "HTTP 404"), (2, "no 'picture' field"), (3, "JSON object"), (4, "refused")]:
         assert results[index]["result"] == [] and reason in results[index]["error"] and results[index]["score"] == 1.0
-    stored = client.application.extensions["predictor"].store.task_scores(7)
+    writer = client.application.extensions["predictor"].writer
+    assert writer.flush()
+    stored = writer.store.task_scores(7)
     assert sorted(s.task_id for s in stored) == [11, 16]
 
 
