@@ -134,6 +134,11 @@ def run_load(backend: BackendProcess, paths: list[str], clients: int, seconds: f
     for thread in threads:
         thread.join()
     alive = backend.process.poll() is None and backend.get("/health").ok
+    return summarize(clients, seconds, latencies, statuses, errors, memory, sixteen, alive)
+
+
+def summarize(clients, seconds, latencies, statuses, errors, memory, sixteen, alive) -> dict:
+    """The run's figures: requests and errors, latency per endpoint, memory over time."""
     minute = [rss for t, rss in memory if t <= min(60.0, seconds / 2)]
     last = [rss for t, rss in memory if t >= seconds - min(60.0, seconds / 2)]
     total = sum(len(v) for v in latencies.values())

@@ -203,6 +203,11 @@ def main() -> None:
             runs.setdefault("bare forward, batches of 8", []).append(bare_forward(detector, paths, 8, 640))
             runs.setdefault("bare forward, batches of 1", []).append(bare_forward(detector, paths, 1, 320))
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+    report(runs, args)
+
+
+def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    """The table (medians over repeats), the ratios, and the JSON file."""
 
     def median(name: str, key: str) -> float:
         return statistics.median(run[key] for run in runs[name])

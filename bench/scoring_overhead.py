@@ -97,6 +97,11 @@ def main() -> None:
             if detector.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds[mode].append(time.perf_counter() - start)
+    report(seconds, detector, args)
+
+
+def report(seconds: dict[str, list[float]], detector: Detector, args: argparse.Namespace) -> None:
+    """The table (medians over repeats, ratio to the bare forward) and the JSON file."""
     base = statistics.median(seconds["bare forward"])
     rows = []
     print(f"{args.images} images of {detector.image_size} px, batches of {args.batch_size}, ", end="")

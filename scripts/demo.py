@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -94,7 +95,7 @@ def measure(version_dir: Path, test) -> tuple[dict, float, float]:
     return evaluate(detector, test), scratch / len(test), shown / len(test)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=300, help="digit canvases in the project")
     parser.add_argument("--test-images", type=int, default=100, help="held-out canvases that measure mAP")
@@ -107,8 +108,11 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9090)), help="the backend's port")
     parser.add_argument("--screenshot", type=Path, help="save the editor with the top task's pre-annotations here")
     parser.add_argument("--no-wait", action="store_true", help="stop both services at the end instead of serving")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> int:
+    args = parse_args()
     os.environ.setdefault("TORCH_HOME", str(ROOT / "data" / "torch_home"))  # as `make run` sets it
     shutil.rmtree(args.dir, ignore_errors=True)
     media = args.dir / "label-studio" / "media"
@@ -124,75 +128,15 @@ def main() -> int:
         project = ls.projects.create(title="Digits: active learning demo", label_config=CONFIG)
         label_studio.add_local_storage(ls, project.id, media / "digits", title="digit canvases")
         print(f"project {project.id}: {args.images} digit canvases imported from a Local Storage", flush=True)
-
-        env = {
-            "HOST": args.host,
-            "PORT": str(args.port),
-            "DATA_DIR": str(args.dir / "backend"),
-            "LABEL_STUDIO_URL": ls_server.url,
-            "LABEL_STUDIO_API_KEY": ls_server.token,
-            "BASIC_AUTH_USER": BACKEND_USER,
-            "BASIC_AUTH_PASS": BACKEND_PASSWORD,
-            "TRAIN_MIN_NEW_ANNOTATIONS": str(args.per_cycle),
-            "TRAIN_EPOCHS": str(args.epochs),
-            "AL_BUDGET": str(args.per_cycle),
-        }
         (args.dir / "backend").mkdir(parents=True)
-        backend_process = start_backend(env, args.dir / "backend.log")
+        backend_process = start_backend(backend_env(ls_server, args), args.dir / "backend.log")
         backend = backend_process.url
         done = connect(ls_server.url, ls_server.token, project.id, backend, BACKEND_USER, BACKEND_PASSWORD)
-
-        rows, known = [], set()
-        for cycle in range(1, args.cycles + 1):
-            view = [t for t in ls.tasks.list(project=project.id, view=done.view_id, fields="all") if not t.annotations]
-            chosen = view[: args.per_cycle]
-            for task in chosen:
-                sample = next(s for name, s in by_name.items() if task.data["image"].endswith(name))
-                ls.annotations.create(id=task.id, result=regions(sample, config.canvas_size))
-            job = wait_for_job(backend, project.id, known)
-            known.add(job["id"])
-            version = job["version"]
-            measured, scratch, shown = measure(
-                args.dir / "backend" / "models" / f"project-{project.id}" / version, test
-            )
-            labeled = cycle * args.per_cycle
-            rows.append((cycle, labeled, version, measured["map50"], measured["map"], scratch, shown))
-            print(
-                f"cycle {cycle}: {labeled} labeled, version {version}, test mAP50 {measured['map50']:.3f}, "
-                f"{shown:.1f} s per image pre-annotated against {scratch:.1f} s from scratch",
-                flush=True,
-            )
-
-        exports = args.dir / "backend" / "exports" / f"project-{project.id}"
-        top = next(iter(ls.tasks.list(project=project.id, view=done.view_id, fields="all")))
-        print("\n=== Active-learning demo ===")
-        print(f"Label Studio:  {ls_server.url}/projects/{project.id}/data  (tab '{PRIORITY_VIEW_TITLE}')")
-        print(f"  login:       {label_studio.USERNAME} / {label_studio.PASSWORD}")
-        print(f"Backend:       {backend}  (basic auth {BACKEND_USER} / {BACKEND_PASSWORD})")
-        print(f"Held-out test: {args.test_images} canvases not in Label Studio")
-        print(f"Annotator's seconds per held-out image (cost model: {Settings().cost.describe()}):")
-        print("  from scratch, and from the boxes the backend serves (every shown box reviewed)\n")
-        print(f"{'cycle':>5}  {'labeled':>7}  {'version':<10}  {'mAP50':>6}  {'mAP':>6}  {'s scratch':>9}  "
-              f"{'s served':>8}  {'ratio':>5}")  # fmt: skip
-        for cycle, labeled, version, map50, map_, scratch, shown in rows:
-            print(f"{cycle:>5}  {labeled:>7}  {version:<10}  {map50:6.3f}  {map_:6.3f}  {scratch:9.1f}  "
-                  f"{shown:8.1f}  {shown / scratch:5.2f}")  # fmt: skip
-        print(f"\nCSV exports (image, score; most informative first): {exports}")
-        for path in sorted(exports.glob("cycle_*.csv")):
-            print(f"  {path}")
-        score = top.predictions[0].score if top.predictions else None
-        print(f"Most informative task now: {top.id} (prediction score {score}: 1 - informativeness)")
+        demo = Demo(ls, project.id, done.view_id, backend)
+        rows = annotate_cycles(demo, by_name, config.canvas_size, test, args)
+        top = report(ls_server, demo, rows, args)
         if args.screenshot:
-            from scripts.browser_check import labeling_page_regions
-
-            shown = labeling_page_regions(
-                ls_server.url, label_studio.USERNAME, label_studio.PASSWORD, project.id, top.id, args.screenshot
-            )
-            boxes = len(top.predictions[0].result) if top.predictions else 0
-            print(
-                f"Screenshot of task {top.id}, pre-annotated with {boxes} boxes "
-                f"({len(shown)} in the editor's view): {args.screenshot}"
-            )
+            screenshot(ls_server, demo.project_id, top, args.screenshot)
         if args.no_wait:
             return 0
         print("\nBoth services keep running: label the next tasks in the browser; Ctrl+C stops them.", flush=True)
@@ -206,6 +150,88 @@ def main() -> int:
         if backend_process is not None:
             backend_process.stop()
         ls_server.stop()
+
+
+@dataclass(frozen=True)
+class Demo:
+    ls: LabelStudio
+    project_id: int
+    view_id: int
+    backend: str  # the backend's URL
+
+    def tasks(self) -> list:
+        return list(self.ls.tasks.list(project=self.project_id, view=self.view_id, fields="all"))
+
+
+def backend_env(ls_server, args: argparse.Namespace) -> dict:
+    return {
+        "HOST": args.host,
+        "PORT": str(args.port),
+        "DATA_DIR": str(args.dir / "backend"),
+        "LABEL_STUDIO_URL": ls_server.url,
+        "LABEL_STUDIO_API_KEY": ls_server.token,
+        "BASIC_AUTH_USER": BACKEND_USER,
+        "BASIC_AUTH_PASS": BACKEND_PASSWORD,
+        "TRAIN_MIN_NEW_ANNOTATIONS": str(args.per_cycle),
+        "TRAIN_EPOCHS": str(args.epochs),
+        "AL_BUDGET": str(args.per_cycle),
+    }
+
+
+def annotate_cycles(demo: Demo, by_name: dict, canvas_size, test, args: argparse.Namespace) -> list[tuple]:
+    """Each cycle: the annotator labels the top of the priority view, the backend retrains, and
+    the new version is measured on the held-out canvases."""
+    rows, known = [], set()
+    for cycle in range(1, args.cycles + 1):
+        chosen = [t for t in demo.tasks() if not t.annotations][: args.per_cycle]
+        for task in chosen:
+            sample = next(s for name, s in by_name.items() if task.data["image"].endswith(name))
+            demo.ls.annotations.create(id=task.id, result=regions(sample, canvas_size))
+        job = wait_for_job(demo.backend, demo.project_id, known)
+        known.add(job["id"])
+        version = job["version"]
+        models = args.dir / "backend" / "models" / f"project-{demo.project_id}"
+        measured, scratch, shown = measure(models / version, test)
+        labeled = cycle * args.per_cycle
+        rows.append((cycle, labeled, version, measured["map50"], measured["map"], scratch, shown))
+        print(
+            f"cycle {cycle}: {labeled} labeled, version {version}, test mAP50 {measured['map50']:.3f}, "
+            f"{shown:.1f} s per image pre-annotated against {scratch:.1f} s from scratch",
+            flush=True,
+        )
+    return rows
+
+
+def report(ls_server, demo: Demo, rows: list[tuple], args: argparse.Namespace):
+    """The demo's table and where to look; returns the task now first in the priority view."""
+    exports = args.dir / "backend" / "exports" / f"project-{demo.project_id}"
+    top = demo.tasks()[0]
+    print("\n=== Active-learning demo ===")
+    print(f"Label Studio:  {ls_server.url}/projects/{demo.project_id}/data  (tab '{PRIORITY_VIEW_TITLE}')")
+    print(f"  login:       {label_studio.USERNAME} / {label_studio.PASSWORD}")
+    print(f"Backend:       {demo.backend}  (basic auth {BACKEND_USER} / {BACKEND_PASSWORD})")
+    print(f"Held-out test: {args.test_images} canvases not in Label Studio")
+    print(f"Annotator's seconds per held-out image (cost model: {Settings().cost.describe()}):")
+    print("  from scratch, and from the boxes the backend serves (every shown box reviewed)\n")
+    print(f"{'cycle':>5}  {'labeled':>7}  {'version':<10}  {'mAP50':>6}  {'mAP':>6}  {'s scratch':>9}  "
+          f"{'s served':>8}  {'ratio':>5}")  # fmt: skip
+    for cycle, labeled, version, map50, map_, scratch, shown in rows:
+        print(f"{cycle:>5}  {labeled:>7}  {version:<10}  {map50:6.3f}  {map_:6.3f}  {scratch:9.1f}  "
+              f"{shown:8.1f}  {shown / scratch:5.2f}")  # fmt: skip
+    print(f"\nCSV exports (image, score; most informative first): {exports}")
+    for path in sorted(exports.glob("cycle_*.csv")):
+        print(f"  {path}")
+    score = top.predictions[0].score if top.predictions else None
+    print(f"Most informative task now: {top.id} (prediction score {score}: 1 - informativeness)")
+    return top
+
+
+def screenshot(ls_server, project_id: int, top, path: Path) -> None:
+    from scripts.browser_check import labeling_page_regions
+
+    shown = labeling_page_regions(ls_server.url, label_studio.USERNAME, label_studio.PASSWORD, project_id, top.id, path)
+    boxes = len(top.predictions[0].result) if top.predictions else 0
+    print(f"Screenshot of task {top.id}, pre-annotated with {boxes} boxes ({len(shown)} in the editor's view): {path}")
 
 
 if __name__ == "__main__":
