@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from scripts import label_studio
 from scripts.backend_process import BackendProcess, start_backend  # noqa: F401
 from scripts.label_studio import free_port  # noqa: F401 (one way to find a free port)
 
+ROOT = Path(__file__).resolve().parent.parent
 BACKEND_USER, BACKEND_PASSWORD = "ls-backend", "backend-pass-7d3f"
 
 
