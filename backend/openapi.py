@@ -507,7 +507,7 @@ def _paths(settings: Settings | None) -> dict:
 def openapi_document(settings: Settings | None = None) -> dict:
     """The OpenAPI 3.0 document; with ``settings``, basic auth is required only when configured."""
     auth_on = settings is None or bool(settings.basic_auth_user)
-    max_epochs = settings.train_max_epochs if settings else Settings.train_max_epochs
+    max_epochs = (settings or Settings()).train_max_epochs
     return {
         "openapi": "3.0.3",
         "info": {
