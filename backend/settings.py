@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
@@ -56,6 +56,15 @@ class LowerCaseYaml(YamlConfigSettingsSource):
         if not isinstance(self.yaml_data, dict):
             raise ValueError(f"{self.yaml_file_path} must hold a mapping of settings")
         return {str(key).lower(): value for key, value in self.yaml_data.items()}
+
+
+# Settings that name an entry of one of al_core's registries.
+_REGISTRIES = {
+    "al_strategy": SCORERS,
+    "al_aggregation": AGGREGATIONS,
+    "model_detector": DETECTORS,
+    "train_box_loss": BOX_LOSSES,
+}
 
 
 class Settings(BaseSettings):
@@ -282,25 +291,10 @@ class Settings(BaseSettings):
     def _upper_case_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("al_strategy")
+    @field_validator(*_REGISTRIES)
     @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        return _one_of(value, SCORERS)
-
-    @field_validator("al_aggregation")
-    @classmethod
-    def _known_aggregation(cls, value: str) -> str:
-        return _one_of(value, AGGREGATIONS)
-
-    @field_validator("model_detector")
-    @classmethod
-    def _known_detector(cls, value: str) -> str:
-        return _one_of(value, DETECTORS)
-
-    @field_validator("train_box_loss")
-    @classmethod
-    def _known_box_loss(cls, value: str) -> str:
-        return _one_of(value, BOX_LOSSES)
+    def _known_name(cls, value: str, info: ValidationInfo) -> str:
+        return _one_of(value, _REGISTRIES[info.field_name])
 
     @field_validator("train_emphasis")
     @classmethod
