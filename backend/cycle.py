@@ -27,7 +27,7 @@ from al_core.pool import detect, image_features, score_pool
 from al_core.priority import prioritize
 from al_core.ray_scoring import RayOptions, ray_can_score, score_pool_ray
 from al_core.ray_training import train_detector_ray
-from al_core.scoring import AGGREGATIONS, SCORERS, ScoringContext
+from al_core.scoring import SCORERS, ScoringContext
 from al_core.scoring.uncertainty import UncertaintyScorer
 from al_core.tensorboard_log import log_pool
 from al_core.training import TrainConfig, final_pass, split_held_out, train_detector
@@ -47,8 +47,6 @@ from .settings import Settings
 from .store import Cycle, Store, TaskScore
 
 log = logging.getLogger(__name__)
-
-TRAIN_PARAMS = {"from_scratch": bool, "epochs": int, "strategy": str, "aggregation": str}
 
 
 class CycleError(RuntimeError):
@@ -79,26 +77,6 @@ def calibration(settings: Settings, detector: Detector, held_out: list[LabeledIm
     about = {"images": result.images, "seconds_from_scratch": result.seconds_from_scratch}
     about.update(seconds_shown=result.seconds_shown, cost_model=settings.cost.describe())
     return {"display": result.display.to_dict(), "calibration": about}
-
-
-def check_train_params(params: dict, max_epochs: int) -> dict:
-    """The optional parameters of a training trigger, checked; a clear error otherwise. Each is
-    bounded: epochs from 1 to ``max_epochs`` (TRAIN_MAX_EPOCHS), the names from their registries."""
-    for key, value in params.items():
-        if key not in TRAIN_PARAMS:
-            raise ValueError(f"unknown training parameter {key!r}; known: {sorted(TRAIN_PARAMS)}")
-        kind = TRAIN_PARAMS[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(f"training parameter {key!r} must be a {kind.__name__}, got {value!r}")
-    if params.get("epochs", 1) < 1:
-        raise ValueError("training parameter 'epochs' must be at least 1")
-    if params.get("epochs", 1) > max_epochs:
-        raise ValueError(f"training parameter 'epochs' must be at most {max_epochs} (TRAIN_MAX_EPOCHS)")
-    if params.get("strategy", "entropy") not in SCORERS:
-        raise ValueError(f"unknown strategy {params['strategy']!r}; choose one of {sorted(SCORERS)}")
-    if params.get("aggregation", "mean") not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {params['aggregation']!r}; choose one of {list(AGGREGATIONS)}")
-    return params
 
 
 @dataclass

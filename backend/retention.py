@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 def prune(settings: Settings, store: Store, models: Models, project_id: int) -> None:
     prune_versions(store, models, project_id, settings.keep_model_versions)
-    prune_exports(store, settings.data_path / "exports" / f"project-{project_id}", project_id, settings.keep_cycle_exports)
+    prune_exports(
+        store, settings.data_path / "exports" / f"project-{project_id}", project_id, settings.keep_cycle_exports
+    )
 
 
 def versions_to_delete(names: list[str], active: str | None, keep: int) -> list[str]:

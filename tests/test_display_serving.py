@@ -14,7 +14,7 @@ from al_core.detectors import Detector
 from al_core.display import Display
 from al_core.types import Certainty, Detections, ImageScore
 from al_core.versions import read_version
-from backend.app import parse_certainty
+from backend.api_models import parse_certainty
 from backend.cycle import serving_display
 from backend.predictor import prediction
 from backend.settings import Settings

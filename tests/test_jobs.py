@@ -106,12 +106,12 @@ def test_the_real_cycle_explains_a_missing_label_studio(make_client):
     [
         ({}, "'project'"),
         ({"project": "x"}, "'project' must look like"),
-        ({"project": 1, "params": []}, "'params' must be an object"),
-        ({"project": 1, "params": {"learning_rate": 1}}, "unknown training parameter"),
-        ({"project": 1, "params": {"epochs": "many"}}, "must be a int"),
-        ({"project": 1, "params": {"epochs": 0}}, "at least 1"),
-        ({"project": 1, "params": {"strategy": "oracle"}}, "unknown strategy"),
-        ({"project": 1, "params": {"aggregation": "median"}}, "unknown aggregation"),
+        ({"project": 1, "params": []}, "'params': Input should be a valid dictionary"),
+        ({"project": 1, "params": {"learning_rate": 1}}, "unknown field 'params.learning_rate'"),
+        ({"project": 1, "params": {"epochs": "many"}}, "'params.epochs': Input should be a valid integer"),
+        ({"project": 1, "params": {"epochs": 0}}, "greater than or equal to 1"),
+        ({"project": 1, "params": {"strategy": "oracle"}}, "'params.strategy': Input should be"),
+        ({"project": 1, "params": {"aggregation": "median"}}, "'params.aggregation': Input should be"),
     ],
 )
 def test_bad_training_requests(make_client, body, message):
@@ -229,14 +229,14 @@ def test_jobs_page_default_and_most(make_client):
 @pytest.mark.parametrize(
     "query, message",
     [
-        ("limit=0", "'limit' must be an integer from 1 to 500"),
-        ("limit=501", "'limit' must be an integer from 1 to 500"),
-        ("limit=ten", "'limit' must be an integer"),
-        ("limit=", "'limit' must be an integer"),
-        ("limit=-1", "'limit' must be an integer"),
-        ("limit=%C2%B2", "'limit' must be an integer"),
-        ("offset=-1", "'offset' must be an integer from 0"),
-        ("offset=" + "9" * 30, "'offset' must be an integer from 0"),
+        ("limit=0", "'limit': Input should be greater than or equal to 1"),
+        ("limit=501", "'limit': Input should be less than or equal to 500"),
+        ("limit=ten", "'limit': must be a whole number"),
+        ("limit=", "'limit': must be a whole number"),
+        ("limit=-1", "'limit': must be a whole number"),
+        ("limit=%C2%B2", "'limit': must be a whole number"),
+        ("offset=-1", "'offset': must be a whole number"),
+        ("offset=" + "9" * 30, "'offset': must be a whole number"),
     ],
 )
 def test_bad_job_pages(make_client, query, message):
@@ -285,7 +285,7 @@ def test_finished_job_rows_beyond_the_history_bound_are_deleted(make_client):
         ({"epochs": 100}, 201, ""),
         ({"epochs": 101}, 400, "at most 100 (TRAIN_MAX_EPOCHS)"),
         ({"epochs": 10**12}, 400, "at most 100"),
-        ({"strategy": "x" * 10_000}, 400, "unknown strategy"),
+        ({"strategy": "x" * 10_000}, 400, "'params.strategy': Input should be"),
         ({"aggregation": "max", "strategy": "entropy", "from_scratch": True}, 201, ""),
     ],
 )
@@ -294,6 +294,7 @@ def test_training_params_are_bounded(make_client, params, status, message):
     client.application.extensions["jobs"].work = lambda job, report: "v"
     answer = client.post("/train", json={"project": 1, "params": params})
     assert answer.status_code == status and message in answer.get_data(as_text=True)
+    assert len(answer.get_data()) < 2000  # a huge bad value is not echoed back
 
 
 def test_the_epochs_bound_is_a_setting(make_client):

@@ -76,7 +76,7 @@ def test_predict_answers_every_task_in_order_even_broken_ones(make_client, image
     [
         (b"{not json", 400, "must be JSON"),
         (b"[1, 2]", 400, "must be an object"),
-        (b'{"tasks": "x", "label_config": "<View/>"}', 400, "'tasks' must be a list"),
+        (b'{"tasks": "x", "label_config": "<View/>"}', 400, "'tasks': Input should be a valid list"),
         (b'{"tasks": [], "project": "abc"}', 400, "'project' must look like"),
         (b'{"tasks": [], "project": "99.1"}', 400, "none stored for this project"),
     ],

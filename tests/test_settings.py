@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from backend.app import BadRequest, parse_project_id
+from backend.api_models import parse_project_id
 from backend.settings import Settings
 
 from .conftest import ROOT
@@ -85,7 +85,7 @@ def test_project_id_is_the_part_before_the_dot(raw, expected):
 
 @pytest.mark.parametrize("raw", ["abc", "x.1", True, 1.5, [1]])
 def test_bad_project_ids(raw):
-    with pytest.raises(BadRequest):
+    with pytest.raises(ValueError, match="'project' must look like"):
         parse_project_id(raw)
 
 
