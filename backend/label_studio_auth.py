@@ -1,5 +1,5 @@
 """The Authorization header for downloads from Label Studio: exporters' LabelStudioAuth (legacy
-tokens, and personal access tokens exchanged through label-studio-sdk's public tokens.refresh),
+tokens, and personal access tokens exchanged at Label Studio's /api/token/refresh/),
 with each access token it obtains registered with the log redaction as soon as it is seen.
 """
 

@@ -64,6 +64,12 @@ class Predictor:
         self.pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="fetch")
         self.batcher = Batcher(self._run_batch, batch_size, max_wait_s)
 
+    def close(self) -> None:
+        """Stop the batcher and the fetch pool; the pending scores are written."""
+        self.batcher.close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writer.close()
+
     def predict(
         self, tasks: list, config: LabelConfig, project_id: int | None, detector: Detector, display: Display
     ) -> list[dict]:

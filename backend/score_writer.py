@@ -4,7 +4,8 @@ transaction per project.
 
 Bounded: at most ``max_pending`` batches wait. A request that finds the queue full writes its
 own scores (back-pressure: nothing is dropped). ``flush`` waits until everything handed over
-before it is written; the process flushes at exit.
+before it is written; ``close`` flushes and stops the thread, and runs at exit if nobody
+called it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from .store import Store, TaskScore
 
 log = logging.getLogger(__name__)
+_STOP = object()  # the last item the writer thread takes
 
 
 class ScoreWriter:
@@ -27,10 +29,14 @@ class ScoreWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._run, name="score-writer", daemon=True)
         self._thread.start()
-        atexit.register(self.flush)
+        self._closed = False
+        atexit.register(self.close)
 
     def submit(self, project_id: int | None, scores: Sequence[TaskScore]) -> None:
         if not scores:
+            return
+        if self._closed:  # a request that outlived the app: write in place
+            self.store.save_scores(project_id, scores)
             return
         try:
             self._queue.put_nowait((project_id, list(scores)))
@@ -45,9 +51,21 @@ class ScoreWriter:
         self._queue.put((None, done))
         return done.wait(timeout)
 
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is pending, then stop the writer thread."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        self.flush(timeout)
+        self._queue.put((None, _STOP))
+        self._thread.join(timeout)
+
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
+            if items[0][1] is _STOP:
+                return
             while len(items) < 1000:
                 try:
                     items.append(self._queue.get_nowait())

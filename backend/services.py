@@ -27,6 +27,11 @@ class Services:
     jobs: JobRunner
     metrics: Metrics
 
+    def close(self) -> None:
+        """Stop what serves requests (the batcher, the fetch pool, the score writer); the job
+        runner's thread is a daemon and holds its state in SQLite."""
+        self.predictor.close()
+
     @property
     def default_certainty(self) -> Certainty:
         return Certainty(self.settings.prediction_score_threshold, self.settings.certain_score_threshold)

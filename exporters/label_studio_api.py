@@ -18,6 +18,12 @@ from .label_studio_auth import LabelStudioAuth
 log = logging.getLogger(__name__)
 
 RETRIED_STATUSES = {408, 409, 429}  # and every 5xx, as the SDK retries its own calls
+
+
+def _retried(response: httpx.Response) -> bool:
+    return response.status_code >= 500 or response.status_code in RETRIED_STATUSES
+
+
 PRIORITY_VIEW_TITLE = "Most informative first"
 QUICK_ACCEPTANCE_VIEW_TITLE = "Quick acceptance: self-labeled"
 PRIORITY_KEY = "priority"
@@ -59,7 +65,7 @@ class LabelStudioProject:
     def __init__(self, url: str, api_key: str, project_id: int, workers: int = 8, retries: int = 4, httpx_client=None):
         self.http = httpx_client or httpx.Client(timeout=60, follow_redirects=True)
         self.client = LabelStudio(base_url=url, api_key=api_key, httpx_client=self.http, max_retries=retries)
-        self.auth = LabelStudioAuth(url, api_key, client=self.client)
+        self.auth = LabelStudioAuth(url, api_key)
         self.api = url.rstrip("/") + f"/api/projects/{int(project_id)}/"
         self.project_id = project_id
         self.workers = workers
@@ -67,20 +73,22 @@ class LabelStudioProject:
 
     def _raw(self, method: str, path: str, **kwargs) -> httpx.Response:
         """A call under this project's API path that the SDK has no method for, on the same
-        HTTP client with the same credentials."""
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+        HTTP client with the same credentials; the last try's error is raised."""
+        for attempt in range(self.retries):
             try:
-                response = self.http.request(method, self.api + path, headers=self.auth(), **kwargs)
+                response = self._send(method, path, **kwargs)
             except httpx.TransportError:
-                if last:
-                    raise
-            else:
-                if last or not (response.status_code >= 500 or response.status_code in RETRIED_STATUSES):
-                    response.raise_for_status()
-                    return response
+                response = None
+            if response is not None and not _retried(response):
+                response.raise_for_status()
+                return response
             time.sleep(2**attempt)
-        raise AssertionError("unreachable")
+        response = self._send(method, path, **kwargs)
+        response.raise_for_status()
+        return response
+
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        return self.http.request(method, self.api + path, headers=self.auth(), **kwargs)
 
     def label_config(self) -> str:
         return self.client.projects.get(id=self.project_id).label_config

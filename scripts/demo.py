@@ -162,6 +162,14 @@ class Demo:
     def tasks(self) -> list:
         return list(self.ls.tasks.list(project=self.project_id, view=self.view_id, fields="all"))
 
+    def first_task(self):
+        """The task the priority view shows first (one page of one task, not the whole list)."""
+        pages = self.ls.tasks.list(project=self.project_id, view=self.view_id, fields="all", page_size=1)
+        top = next(iter(pages), None)
+        if top is None:
+            raise RuntimeError(f"project {self.project_id} has no tasks")
+        return top
+
 
 def backend_env(ls_server, args: argparse.Namespace) -> dict:
     return {
@@ -205,7 +213,7 @@ def annotate_cycles(demo: Demo, by_name: dict, canvas_size, test, args: argparse
 def report(ls_server, demo: Demo, rows: list[tuple], args: argparse.Namespace):
     """The demo's table and where to look; returns the task now first in the priority view."""
     exports = args.dir / "backend" / "exports" / f"project-{demo.project_id}"
-    top = demo.tasks()[0]
+    top = demo.first_task()
     print("\n=== Active-learning demo ===")
     print(f"Label Studio:  {ls_server.url}/projects/{demo.project_id}/data  (tab '{PRIORITY_VIEW_TITLE}')")
     print(f"  login:       {label_studio.USERNAME} / {label_studio.PASSWORD}")

@@ -193,9 +193,14 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
 def make_client(tmp_path, untrained_detector, image_server):
     """A Flask test client over a fresh state dir; the image server is on the allow-list."""
 
+    apps = []
+
     def build(detector=None, **overrides):
         overrides.setdefault("fetch_allow_hosts", f"127.0.0.1:{image_server.port}")
         app = create_app(make_settings(tmp_path, **overrides), detector=detector or untrained_detector)
+        apps.append(app)
         return app.test_client()
 
-    return build
+    yield build
+    for app in apps:  # each app's threads stop with its test
+        app.extensions["services"].close()

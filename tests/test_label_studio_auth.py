@@ -5,7 +5,6 @@ and raw calls retried like the SDK's own."""
 import json
 import threading
 import time
-from types import SimpleNamespace
 
 import httpx
 import jwt
@@ -23,27 +22,28 @@ def token(kind: str, seconds: float, number: int = 0) -> str:
     return jwt.encode(claims, JWT_KEY, algorithm="HS256")
 
 
-class FakeTokens:
+class FakeExchange:
+    """Label Studio's POST /api/token/refresh/, counting its calls."""
+
     def __init__(self, lifetime: float):
-        self.lifetime, self.calls = lifetime, 0
+        self.lifetime, self.calls, self.requests = lifetime, 0, []
 
-    def refresh(self, refresh: str):
+    def __call__(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
+        self.requests.append((request.method, str(request.url), json.loads(request.content)))
         time.sleep(0.05)  # long enough for other threads to find the token stale too
-        return SimpleNamespace(access=token("access", self.lifetime, self.calls))
+        return httpx.Response(200, json={"access": token("access", self.lifetime, self.calls)})
 
 
-def auth_with(lifetime: float) -> tuple[LabelStudioAuth, FakeTokens, list[str]]:
-    tokens, seen = FakeTokens(lifetime), []
-    client = SimpleNamespace(tokens=tokens)
-    return LabelStudioAuth("http://ls.test", token("refresh", 3600), seen.append, client=client), tokens, seen
+def auth_with(lifetime: float) -> tuple[LabelStudioAuth, FakeExchange, list[str]]:
+    exchange, seen = FakeExchange(lifetime), []
+    http = httpx.Client(transport=httpx.MockTransport(exchange))
+    return LabelStudioAuth("http://ls.test/", token("refresh", 3600), seen.append, http=http), exchange, seen
 
 
 def test_a_legacy_token_goes_as_is():
-    client = SimpleNamespace(tokens=None)  # never asked
-    assert LabelStudioAuth("http://ls.test", LEGACY_TOKEN, client=client)() == {
-        "Authorization": f"Token {LEGACY_TOKEN}"
-    }
+    never = httpx.Client(transport=httpx.MockTransport(lambda request: pytest.fail("no exchange for a legacy token")))
+    assert LabelStudioAuth("http://ls.test", LEGACY_TOKEN, http=never)() == {"Authorization": f"Token {LEGACY_TOKEN}"}
 
 
 def test_a_personal_token_is_exchanged_once_by_many_threads():
@@ -56,12 +56,30 @@ def test_a_personal_token_is_exchanged_once_by_many_threads():
         thread.join()
     assert tokens.calls == 1 and len(seen) == 1
     assert all(header == {"Authorization": f"Bearer {seen[0]}"} for header in headers)
+    assert tokens.requests == [("POST", "http://ls.test/api/token/refresh/", {"refresh": auth._key})]
 
 
 def test_an_access_token_is_renewed_before_it_expires():
     auth, tokens, seen = auth_with(lifetime=RENEW_BEFORE_S / 2)  # already inside the renewal window
     auth(), auth()
     assert tokens.calls == 2 and seen[0] != seen[1]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, json={"detail": "no access here"}),
+        httpx.Response(200, text="<html>login</html>"),
+        httpx.Response(302, headers={"Location": "http://elsewhere.test/api/token/refresh/"}),
+    ],
+)
+def test_an_exchange_without_an_access_token_fails_clearly_and_follows_no_redirect(answer):
+    sent = []
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: sent.append(request.url.host) or answer))
+    auth = LabelStudioAuth("http://ls.test", token("refresh", 3600), http=http)
+    with pytest.raises((RuntimeError, httpx.HTTPStatusError), match="no access token|Redirect"):
+        auth()
+    assert sent == ["ls.test"]  # the refresh token went to the configured host only
 
 
 @pytest.fixture

@@ -61,3 +61,13 @@ def test_a_failed_write_is_logged_and_the_writer_goes_on(tmp_path, caplog):
     assert writer.flush()
     assert sorted(s.task_id for s in store.task_scores(1)) == [3, 4, 5]
     assert any("could not write 3 scores" in record.getMessage() for record in caplog.records)
+
+
+def test_close_writes_what_is_pending_and_stops_the_thread(tmp_path):
+    writer = ScoreWriter(Store(tmp_path / "state.sqlite3"))
+    writer.submit(3, scores(0, 5))
+    writer.close()
+    assert not writer._thread.is_alive() and len(writer.store.task_scores(3)) == 5
+    writer.submit(3, scores(5, 1))  # after close: written in the caller's thread
+    assert len(writer.store.task_scores(3)) == 6
+    writer.close()  # twice is harmless
