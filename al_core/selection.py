@@ -36,6 +36,12 @@ def ranking(keys: Sequence[str], scores: Sequence[ImageScore]) -> list[int]:
     return sorted(range(len(keys)), key=lambda i: (-scores[i].normalized, -scores[i].value, keys[i]))
 
 
+def people_order(keys: Sequence[str], scores: Sequence[ImageScore]) -> list[int]:
+    """The images a person may be handed, most informative first: the one order the service's
+    exports and the simulator's selection both take."""
+    return [i for i in ranking(keys, scores) if scores[i].for_people]
+
+
 def top_k(
     keys: Sequence[str],
     scores: Sequence[ImageScore],
@@ -45,7 +51,7 @@ def top_k(
     model_version: str,
     seed: int,
 ) -> Selection:
-    order = [i for i in ranking(keys, scores) if scores[i].for_people][: (len(keys) if k is None else k)]
+    order = people_order(keys, scores)[: (len(keys) if k is None else k)]
     images = tuple(SelectedImage(keys[i], rank + 1, scores[i]) for rank, i in enumerate(order))
     return Selection(images, strategy, rule, model_version, seed)
 

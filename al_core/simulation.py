@@ -30,7 +30,7 @@ from .evaluation import evaluate
 from .pool import ScoredPool, detect, image_features, score_pool
 from .priority import PriorityRule, prioritize
 from .scoring import SCORERS, ScoringContext
-from .selection import ranking
+from .selection import people_order
 from .training import TrainConfig, final_pass, loss_spearman, split_held_out, train_detector
 from .types import Detections, LabeledImage
 
@@ -195,120 +195,154 @@ def _pseudo_precision(pseudo: list[LabeledImage], truth: dict[str, LabeledImage]
     return right / boxes if boxes else None
 
 
-def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, test, class_names) -> list[dict]:
-    """All cycles of one strategy and seed; resumes from the cycle files it finds."""
-    folder = Path(config.out_dir) / "runs" / f"{strategy.key}__seed{seed}"
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = folder / "model.pt"
-    rng = random.Random(seed)
-    cost = config.cost_model()
+@dataclass
+class _Labels:
+    """What a run has bought so far: the labeled pool indices, the label each carries (the
+    truth, or with box-level cooperation the pre-annotation with its certain boxes accepted
+    unseen), the self-labeled images, the labeled set one cycle before (the rest is "recent")
+    and the person-seconds spent."""
+
+    labeled: list[int]
+    labels: dict[int, LabeledImage]
+    pseudo: list[LabeledImage] = field(default_factory=list)
+    previous: list[int] = field(default_factory=list)
+    spent: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "labeled_next": self.labeled,
+            "labels_next": {str(i): _as_json(label) for i, label in self.labels.items()},
+            "pseudo_next": [_as_json(p) for p in self.pseudo],
+            "labeled_seconds_next": self.spent,
+        }
+
+    @classmethod
+    def from_json(cls, state: dict, pool: list[LabeledImage], spent: float) -> _Labels:
+        labeled = state["labeled_next"]
+        labels = {int(i): _from_json(item) for i, item in state.get("labels_next", {}).items()}
+        pseudo = [_from_json(item) for item in state.get("pseudo_next", [])]
+        spent = state.get("labeled_seconds_next", spent)
+        return cls(labeled, labels or {i: pool[i] for i in labeled}, pseudo, state["labeled"], spent)
+
+
+def _initial(config: SimulationConfig, pool: list[LabeledImage], seed: int) -> _Labels:
+    """The same first set for every strategy of a seed, bought at the budget's unit, from scratch."""
+    rng, cost = random.Random(seed), config.cost_model()
     if config.budget_unit == "images":
         labeled = sorted(rng.sample(range(len(pool)), config.initial))
     else:
         order = rng.sample(range(len(pool)), len(pool))
         from_scratch = lambda index: cost.from_scratch(len(pool[index].labels))  # noqa: E731
         labeled = sorted(select(order, pool, config.initial, config.budget_unit, from_scratch))
-    self_labeling = int(strategy.cooperation.get("self_labeling", 0))
-    by_path = {image.path: image for image in pool}
-    # The label each human-labeled image carries: the truth, or (box-level cooperation) the
-    # pre-annotation with its certain boxes accepted unseen.
-    labels: dict[int, LabeledImage] = {i: pool[i] for i in labeled}
-    pseudo: list[LabeledImage] = []
-    previous: list[int] = []  # the labeled set one cycle before: the rest is "recent"
-    spent = sum(cost.from_scratch(len(pool[i].labels)) for i in labeled)  # the first set, from scratch
-    rows, detector = [], None
-    needs_head = "loss_head" in SCORERS[strategy.name].needs
+    spent = sum(cost.from_scratch(len(pool[i].labels)) for i in labeled)
+    return _Labels(labeled, {i: pool[i] for i in labeled}, spent=spent)
+
+
+def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, test, class_names) -> list[dict]:
+    """All cycles of one strategy and seed; resumes from the cycle files it finds."""
+    folder = Path(config.out_dir) / "runs" / f"{strategy.key}__seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    state, rows, detector = _initial(config, pool, seed), [], None
     for cycle in range(config.cycles + 1):
         state_file = folder / f"cycle_{cycle}.json"
         if state_file.exists():  # done before an interruption
-            state = json.loads(state_file.read_text())
-            rows.append(state["row"])
-            previous, labeled = state["labeled"], state["labeled_next"]
-            labels = {int(i): _from_json(item) for i, item in state.get("labels_next", {}).items()} or {
-                i: pool[i] for i in labeled
-            }
-            pseudo = [_from_json(item) for item in state.get("pseudo_next", [])]
-            spent = state.get("labeled_seconds_next", spent)
-            detector = None
+            saved = json.loads(state_file.read_text())
+            rows.append(saved["row"])
+            state, detector = _Labels.from_json(saved, pool, state.spent), None
             continue
-        if detector is None and checkpoint.exists() and config.fine_tune and cycle > 0:
-            detector = Detector.load(checkpoint, device=config.device)
-        if detector is None or not config.fine_tune:
-            torch.manual_seed(seed)
-            detector = Detector.create(
-                config.detector, class_names, config.pretrained, config.image_size or None, config.device, needs_head
-            )
-        epochs = config.epochs_first if cycle == 0 or not config.fine_tune else config.epochs_per_cycle
-        train_config = TrainConfig(
-            epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=seed + cycle, **strategy.train
-        )
-        samples = [labels[i] for i in labeled]
-        recent = {pool[i].path for i in set(labeled) - set(previous)} if previous else set()
-        train, held_out = split_held_out(samples, config.held_out_fraction, train_config.seed, recent=recent)
-        result = train_detector(detector, train, train_config, pseudo=pseudo)
-        display = _cycle_display(config, strategy, detector, [by_path[s.path] for s in held_out], cost)
-        if held_out and config.final_pass:  # the service's rule: every label trains the served model
-            train_detector(detector, samples, final_pass(train_config, config.held_out_fraction), pseudo=pseudo)
-        metrics = evaluate(detector, test)
-        detector.save(checkpoint, f"{strategy.key}-seed{seed}-cycle{cycle}")
-        row = {
-            "strategy": strategy.key,
-            "seed": seed,
-            "cycle": cycle,
-            "labeled_images": len(labeled),
-            "labeled_boxes": sum(len(pool[i].labels) for i in labeled),
-            "labeled_seconds": round(spent, 1),
-            "held_out_images": len(held_out),
-            "map50": metrics["map50"],
-            "map": metrics["map"],
-            "train_seconds": round(result.seconds, 2),
-            "scoring_seconds": 0.0,
-            "rule": "",
-            "display_threshold": display.threshold if display.show else None,
-            "certain_threshold": display.certain,
-            "pseudo_images": len(pseudo),
-            "pseudo_boxes": sum(len(p.labels) for p in pseudo),
-            "pseudo_precision": _pseudo_precision(pseudo, by_path),
-        }
-        next_labeled, next_labels, next_pseudo, next_spent = labeled, labels, pseudo, spent
-        if cycle < config.cycles:
-            unlabeled = [i for i in range(len(pool)) if i not in set(labeled)]
-            detections: dict[str, Detections] = {}
-            start = time.perf_counter()
-            budget = config.budget_for_diversity or _images_per_cycle(config, pool, labeled, spent)
-            scored = _score(strategy, detector, pool, unlabeled, samples, display, cost, seed * 1000 + cycle, budget,
-                            detections)  # fmt: skip
-            row["scoring_seconds"] = round(time.perf_counter() - start, 2)
-            row["rule"] = scored.rule
-            if detector.has_loss_head:  # can the loss head rank at all? (the oracle knows the losses)
-                sample = random.Random(seed * 1000 + cycle).sample(unlabeled, min(SPEARMAN_SAMPLE, len(unlabeled)))
-                predicted = [detections[pool[i].path].predicted_loss for i in sample]
-                row["loss_spearman"] = loss_spearman(detector, [pool[i] for i in sample], predicted)
-            ranked = [unlabeled[i] for i in ranking(scored.keys, scored.scores) if scored.scores[i].for_people]
-            price = _price(pool, detections, display, cost, bool(strategy.cooperation.get("box_level")))
-            chosen = select(ranked, pool, config.per_cycle, config.budget_unit, price)
-            work, next_labels = _label_chosen(chosen, pool, detections, display, cost, strategy, labels)
-            row.update(work)
-            way = "seconds_cooperative" if strategy.cooperation.get("box_level") else "seconds_with_preannotations"
-            next_spent = spent + work[way]
-            next_labeled = sorted(labeled + chosen)
-            left = {pool[i].path: display.shown(detections[pool[i].path]) for i in unlabeled if i not in set(chosen)}
-            next_pseudo = pseudo_labels(left, display.certainty(), self_labeling) if self_labeling else []
-        state_file.write_text(
-            json.dumps(
-                {
-                    "row": row,
-                    "labeled": labeled,
-                    "labeled_next": next_labeled,
-                    "labels_next": {str(i): _as_json(label) for i, label in next_labels.items()},
-                    "pseudo_next": [_as_json(p) for p in next_pseudo],
-                    "labeled_seconds_next": next_spent,
-                }
-            )
-        )
+        detector = _cycle_detector(config, strategy, seed, cycle, detector, folder / "model.pt", class_names)
+        row, display = _train_and_measure(config, strategy, seed, cycle, detector, pool, test, state)
+        detector.save(folder / "model.pt", f"{strategy.key}-seed{seed}-cycle{cycle}")
+        following = _buy_labels(config, strategy, seed, cycle, detector, pool, state, display, row)
+        following.previous = state.labeled
+        state_file.write_text(json.dumps({"row": row, "labeled": state.labeled, **following.to_json()}))
         rows.append(row)
-        previous, labeled, labels, pseudo, spent = labeled, next_labeled, next_labels, next_pseudo, next_spent
+        state = following
     return rows
+
+
+def _cycle_detector(config, strategy: StrategySpec, seed: int, cycle: int, detector, checkpoint: Path, class_names):
+    """The model this cycle trains: the last one fine-tuned (read back after a resume), or a
+    fresh one."""
+    if detector is None and checkpoint.exists() and config.fine_tune and cycle > 0:
+        detector = Detector.load(checkpoint, device=config.device)
+    if detector is None or not config.fine_tune:
+        torch.manual_seed(seed)
+        needs_head = "loss_head" in SCORERS[strategy.name].needs
+        detector = Detector.create(
+            config.detector, class_names, config.pretrained, config.image_size or None, config.device, needs_head
+        )
+    return detector
+
+
+def _train_and_measure(config, strategy, seed: int, cycle: int, detector, pool, test, state: _Labels):
+    """Train on the labels bought (the service's rule: hold out a share of the newest to set the
+    display, then a last pass over all), measure on the test split; the cycle's row and display."""
+    by_path = {image.path: image for image in pool}
+    epochs = config.epochs_first if cycle == 0 or not config.fine_tune else config.epochs_per_cycle
+    train_config = TrainConfig(
+        epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=seed + cycle, **strategy.train
+    )
+    samples = [state.labels[i] for i in state.labeled]
+    recent = {pool[i].path for i in set(state.labeled) - set(state.previous)} if state.previous else set()
+    train, held_out = split_held_out(samples, config.held_out_fraction, train_config.seed, recent=recent)
+    result = train_detector(detector, train, train_config, pseudo=state.pseudo)
+    display = _cycle_display(config, strategy, detector, [by_path[s.path] for s in held_out], config.cost_model())
+    if held_out and config.final_pass:  # the service's rule: every label trains the served model
+        train_detector(detector, samples, final_pass(train_config, config.held_out_fraction), pseudo=state.pseudo)
+    metrics = evaluate(detector, test)
+    row = {
+        "strategy": strategy.key,
+        "seed": seed,
+        "cycle": cycle,
+        "labeled_images": len(state.labeled),
+        "labeled_boxes": sum(len(pool[i].labels) for i in state.labeled),
+        "labeled_seconds": round(state.spent, 1),
+        "held_out_images": len(held_out),
+        "map50": metrics["map50"],
+        "map": metrics["map"],
+        "train_seconds": round(result.seconds, 2),
+        "scoring_seconds": 0.0,
+        "rule": "",
+        "display_threshold": display.threshold if display.show else None,
+        "certain_threshold": display.certain,
+        "pseudo_images": len(state.pseudo),
+        "pseudo_boxes": sum(len(p.labels) for p in state.pseudo),
+        "pseudo_precision": _pseudo_precision(state.pseudo, by_path),
+    }
+    return row, display
+
+
+def _buy_labels(config, strategy, seed: int, cycle: int, detector, pool, state: _Labels, display, row) -> _Labels:
+    """Score the unlabeled images, hand the best a person (the oracle labels them) until the
+    cycle's budget is spent, and self-label the rest if asked; the labels for the next cycle.
+    The cycle's figures go into ``row``."""
+    if cycle == config.cycles:
+        return _Labels(state.labeled, state.labels, state.pseudo, spent=state.spent)
+    cost, cycle_seed = config.cost_model(), seed * 1000 + cycle
+    unlabeled = [i for i in range(len(pool)) if i not in set(state.labeled)]
+    samples = [state.labels[i] for i in state.labeled]
+    detections: dict[str, Detections] = {}
+    start = time.perf_counter()
+    budget = config.budget_for_diversity or _images_per_cycle(config, pool, state.labeled, state.spent)
+    scored = _score(strategy, detector, pool, unlabeled, samples, display, cost, cycle_seed, budget, detections)
+    row.update(scoring_seconds=round(time.perf_counter() - start, 2), rule=scored.rule)
+    if detector.has_loss_head:  # can the loss head rank at all? (the oracle knows the losses)
+        sample = random.Random(cycle_seed).sample(unlabeled, min(SPEARMAN_SAMPLE, len(unlabeled)))
+        predicted = [detections[pool[i].path].predicted_loss for i in sample]
+        row["loss_spearman"] = loss_spearman(detector, [pool[i] for i in sample], predicted)
+    ranked = [unlabeled[i] for i in people_order(scored.keys, scored.scores)]
+    box_level = bool(strategy.cooperation.get("box_level"))
+    chosen = select(
+        ranked, pool, config.per_cycle, config.budget_unit, _price(pool, detections, display, cost, box_level)
+    )
+    work, labels = _label_chosen(chosen, pool, detections, display, cost, strategy, state.labels)
+    row.update(work)
+    spent = state.spent + work["seconds_cooperative" if box_level else "seconds_with_preannotations"]
+    self_labeling = int(strategy.cooperation.get("self_labeling", 0))
+    left = {pool[i].path: display.shown(detections[pool[i].path]) for i in unlabeled if i not in set(chosen)}
+    pseudo = pseudo_labels(left, display.certainty(), self_labeling) if self_labeling else []
+    return _Labels(sorted(state.labeled + chosen), labels, pseudo, spent=spent)
 
 
 def _images_per_cycle(config: SimulationConfig, pool, labeled: list[int], spent: float) -> int:

@@ -126,3 +126,14 @@ class Certainty:
         must look at the image)."""
         certain, uncertain = self.split(scores)
         return uncertain / (certain + uncertain) if certain + uncertain else 1.0
+
+
+@dataclass(frozen=True)
+class ScoredTask:
+    """One unlabeled task's place in a cycle: its image, its score, the boxes a person is shown."""
+
+    task_id: int
+    image: str  # as the task names it (a URL or a path)
+    path: str  # the local file that was scored
+    score: ImageScore
+    shown: Detections

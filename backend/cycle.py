@@ -29,9 +29,10 @@ from al_core.ray_scoring import RayOptions, ray_can_score, score_pool_ray
 from al_core.ray_training import train_detector_ray
 from al_core.scoring import SCORERS, ScoringContext
 from al_core.scoring.uncertainty import UncertaintyScorer
+from al_core.selection import people_order
 from al_core.tensorboard_log import log_pool
 from al_core.training import TrainConfig, final_pass, split_held_out, train_detector
-from al_core.types import Certainty, Detections, LabeledImage
+from al_core.types import Certainty, Detections, LabeledImage, ScoredTask
 from al_core.versions import read_version, write_version
 from exporters.csv_export import write_cycle_csv, write_history
 from exporters.label_config import LabelConfig, parse_label_config
@@ -150,112 +151,159 @@ def _sweep_stale_work(work: Path, keep_job: str) -> None:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
+@dataclass
+class _Cycle:
+    """One run's context once the project is read: where its labels come from and go to."""
+
+    services: CycleServices
+    run: _Run
+    project: LabelStudioProject
+    config: LabelConfig
+    strategy: str
+    thresholds: Certainty | None  # set by the project's /setup, else None
+    report: Report
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def job(self) -> Job:
+        return self.run.job
+
+
 def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
-    settings, store, job = services.settings, services.store, run.job
-    params = job.params
-    strategy = params.get("strategy", settings.al_strategy)
+    c, tasks = _open(services, run, report)
+    unlabeled = [t for t in tasks if t.annotation is None]
+    detector = _starting_model(services, run.job, c.config, c.strategy)
+    samples, labeled_ids = _labeled_samples(c, [t for t in tasks if t.annotation is not None], detector)
+    start_display = serving_display(c.settings, c.thresholds, detector)
+    pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, start_display, report)
+    train_config, metrics = _train(c, detector, samples, labeled_ids, pseudo)
+    report(0.7, "saving the new model version")
+    name, record, detector = _save_version(c, detector, train_config, labeled_ids, metrics, pseudo_ids)
+    display = serving_display(c.settings, c.thresholds, detector)
+    scored = _score_and_push(c, detector, unlabeled, samples, name, display, set(pseudo_ids))
+    # Served only now: evaluated, and shown by Label Studio. A failed push left the project on
+    # the previous version, and so does the backend.
+    services.models.activate(name)
+    try:  # observability only: the version is served and pushed already
+        log_pool(record.path / "tensorboard", [t.shown for t in scored], display.certainty(), len(samples))
+    except OSError as error:
+        log.warning("project %s: the pool's TensorBoard figures were not written: %s", run.job.project_id, error)
+    report(0.95, "writing exports")
+    _export(c, name, detector.class_names, len(samples), scored, metrics)
+    return name
+
+
+def _open(services: CycleServices, run: _Run, report: Report) -> tuple[_Cycle, list[_Task]]:
+    """The project's labeling config and every task, read from Label Studio."""
+    settings, job = services.settings, run.job
     project = LabelStudioProject(
         settings.label_studio_url, settings.label_studio_api_key, job.project_id, retries=settings.label_studio_retries
     )
-
     report(0.01, "fetching annotations from Label Studio")
     config_xml = project.label_config()
     config = parse_label_config(config_xml)
-    store.save_project(job.project_id, config_xml)
+    services.store.save_project(job.project_id, config_xml)
     tasks = []
     for task in project.tasks():
         image = task["data"].get(config.image_key)
         tasks.append(_Task(task["id"], image, choose_annotation(task.get("annotations") or [])))
-    labeled_tasks = [t for t in tasks if t.annotation is not None]
-    if not labeled_tasks:
+    if not any(t.annotation is not None for t in tasks):
         raise CycleError(f"project {job.project_id} has no annotated tasks yet")
+    strategy = job.params.get("strategy", settings.al_strategy)
+    thresholds = services.store.project(job.project_id)[1]
+    return _Cycle(services, run, project, config, strategy, thresholds, report), tasks
 
-    detector = _starting_model(services, job, config, strategy)
-    report(0.03, f"downloading {len(labeled_tasks)} labeled images")
+
+def _labeled_samples(c: _Cycle, labeled: list[_Task], detector: Detector) -> tuple[list[LabeledImage], list[int]]:
+    """The labeled tasks whose images can be read, as training images, with their task ids."""
+    c.report(0.03, f"downloading {len(labeled)} labeled images")
     samples, labeled_ids = [], []
-    for task, path in _fetch_images(services, run, labeled_tasks, detector):
-        samples.append(_labeled_image(path, regions_to_boxes(task.annotation["result"], config.from_name), config))
+    for task, path in _fetch_images(c.services, c.run, labeled, detector):
+        regions = regions_to_boxes(task.annotation["result"], c.config.from_name)
+        samples.append(_labeled_image(path, regions, c.config))
         labeled_ids.append(task.id)
     if not samples:
         raise CycleError("no labeled image could be read; see the backend's log")
-    unlabeled = [t for t in tasks if t.annotation is None]
-    thresholds = store.project(job.project_id)[1]  # set by the project's /setup, else None
-    start_display = serving_display(settings, thresholds, detector)
-    pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, start_display, report)
+    return samples, labeled_ids
+
+
+def _train(
+    c: _Cycle, detector: Detector, samples: list[LabeledImage], labeled_ids: list[int], pseudo: list[LabeledImage]
+) -> tuple[TrainConfig, dict]:
+    """Train on the labels, minus a held-out share of the newest (for the version's figures and
+    its calibrated display), then a last pass over every label: the served version learns from
+    all of them."""
+    settings, job = c.settings, c.job
     train_config = TrainConfig(
-        epochs=params.get("epochs", settings.train_epochs),
+        epochs=job.params.get("epochs", settings.train_epochs),
         batch_size=settings.train_batch_size,
         lr=settings.train_lr,
         pseudo_weight=settings.self_labeling_weight,
         box_loss=settings.train_box_loss,
         emphasis=settings.train_emphasis,
     )
-    active = store.active_version(job.project_id)
+    active = c.services.store.active_version(job.project_id)
     before = set(read_version(active.path).labeled_ids) if active else set()
     recent = {s.path for s, task_id in zip(samples, labeled_ids, strict=True) if task_id not in before}
     train, held_out = split_held_out(samples, settings.train_held_out_fraction, train_config.seed, recent=recent)
-    work = run.images.parent
-    board = work / f"{job.id}.tensorboard"
-    if settings.executor == "ray" and settings.train_workers > 1 and not detector.has_loss_head and not pseudo:
-        report(0.05, f"training on Ray: {settings.train_workers} DDP workers")
-        log.info("project %s: training on Ray with %d DDP workers", job.project_id, settings.train_workers)
-        result = train_detector_ray(
-            detector, train, train_config, held_out, settings.train_workers, detector.device.type == "cuda",
-            settings.ray_address, work,
-        )  # fmt: skip
-    else:
-        result = train_detector(
-            detector,
-            train,
-            train_config,
-            held_out,
-            on_progress=lambda fraction, stage: report(0.05 + 0.6 * fraction, stage),
-            state_path=work / f"{job.id}.state",
-            pseudo=pseudo,
-            log_dir=board,
-        )
+    result = _fit(c, detector, train, train_config, held_out, pseudo)
     metrics = dict(result.metrics)
     if not held_out:
-        report(0.66, "evaluating (on the training images: too few to hold any out)")
+        c.report(0.66, "evaluating (on the training images: too few to hold any out)")
         metrics = {**evaluate(detector, train), "evaluated_on": "training images"}
     metrics.update(epochs=result.epochs, stopped_early=result.stopped_early, seconds=round(result.seconds, 1))
     metrics.update(labeled=len(samples), held_out=len(held_out), pseudo_labeled=len(pseudo))
-    report(0.68, "calibrating what people are shown on the held-out images")
+    c.report(0.68, "calibrating what people are shown on the held-out images")
     metrics.update(calibration(settings, detector, held_out))
     if held_out:  # every label trains the served version; its figures came from unseen images
         last = final_pass(train_config, settings.train_held_out_fraction)
-        report(0.69, f"a last pass over every label, held-out images too ({last.epochs} epochs)")
+        c.report(0.69, f"a last pass over every label, held-out images too ({last.epochs} epochs)")
         train_detector(detector, samples, last, pseudo=pseudo)
         metrics.update(final_pass_epochs=last.epochs)
+    return train_config, metrics
 
-    report(0.7, "saving the new model version")
-    root = settings.data_path / "models" / f"project-{job.project_id}"
-    number = len(store.versions(job.project_id)) + 1
-    while (root / f"p{job.project_id}-v{number}").exists():  # left by a run that died after writing it
-        number += 1
-    name = f"p{job.project_id}-v{number}"
-    record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics, pseudo_ids, board)
-    store.add_version(name, job.project_id, str(record.path), metrics)
-    detector = services.models.load(name, str(record.path))  # it reads back before anything is pushed
-    (work / f"{job.id}.state").unlink(missing_ok=True)
-    shutil.rmtree(board, ignore_errors=True)
 
-    display = serving_display(settings, thresholds, detector)
-    items = _score_and_push(
-        services, run, project, config, detector, unlabeled, samples, strategy, name, display, set(pseudo_ids), report
+def _fit(c: _Cycle, detector: Detector, train, train_config: TrainConfig, held_out, pseudo):
+    """One training run, on Ray (DDP workers) when configured and possible, else in process."""
+    settings, job, work = c.settings, c.job, c.run.images.parent
+    if settings.executor == "ray" and settings.train_workers > 1 and not detector.has_loss_head and not pseudo:
+        c.report(0.05, f"training on Ray: {settings.train_workers} DDP workers")
+        log.info("project %s: training on Ray with %d DDP workers", job.project_id, settings.train_workers)
+        return train_detector_ray(
+            detector, train, train_config, held_out, settings.train_workers, detector.device.type == "cuda",
+            settings.ray_address, work,
+        )  # fmt: skip
+    return train_detector(
+        detector,
+        train,
+        train_config,
+        held_out,
+        on_progress=lambda fraction, stage: c.report(0.05 + 0.6 * fraction, stage),
+        state_path=work / f"{job.id}.state",
+        pseudo=pseudo,
+        log_dir=work / f"{job.id}.tensorboard",
     )
-    # Served only now: evaluated, and shown by Label Studio. A failed push left the project on
-    # the previous version, and so does the backend.
-    services.models.activate(name)
-    try:  # observability only: the version is served and pushed already
-        log_pool(record.path / "tensorboard", [det for *_, det in items], display.certainty(), len(samples))
-    except OSError as error:
-        log.warning("project %s: the pool's TensorBoard figures were not written: %s", job.project_id, error)
 
-    report(0.95, "writing exports")
-    cycle = len(store.cycles(job.project_id)) + 1
-    _export(services, job.project_id, cycle, name, detector.class_names, samples, items, metrics, strategy)
-    return name
+
+def _save_version(c: _Cycle, detector: Detector, train_config: TrainConfig, labeled_ids, metrics, pseudo_ids):
+    """The trained model as the project's next version, read back through the models cache
+    before anything is pushed; the run's training state and TensorBoard folder go."""
+    store, project_id, work = c.services.store, c.job.project_id, c.run.images.parent
+    root = c.settings.data_path / "models" / f"project-{project_id}"
+    number = len(store.versions(project_id)) + 1
+    while (root / f"p{project_id}-v{number}").exists():  # left by a run that died after writing it
+        number += 1
+    name = f"p{project_id}-v{number}"
+    board = work / f"{c.job.id}.tensorboard"
+    record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics, pseudo_ids, board)
+    store.add_version(name, project_id, str(record.path), metrics)
+    detector = c.services.models.load(name, str(record.path))
+    (work / f"{c.job.id}.state").unlink(missing_ok=True)
+    shutil.rmtree(board, ignore_errors=True)
+    return name, record, detector
 
 
 def _self_labels(
@@ -354,57 +402,63 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
 
 
 def _score_and_push(
-    services, run, project, config, detector, unlabeled, samples, strategy, version, display, pseudo_ids, report
-):
-    settings, job = services.settings, run.job
-    report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {strategy}")
-
+    c: _Cycle, detector: Detector, unlabeled: list[_Task], samples, version: str, display: Display, pseudo_ids: set
+) -> list[ScoredTask]:
+    """Every unlabeled task scored with the cycle's strategy, in the priority rule's order, and
+    pushed to Label Studio with its prediction."""
+    settings = c.settings
+    c.report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {c.strategy}")
     paths, by_path = [], {}
-    for task, path in _fetch_images(services, run, unlabeled, detector):
+    for task, path in _fetch_images(c.services, c.run, unlabeled, detector):
         if str(path) not in by_path:  # two tasks may share an image: score it once
             paths.append(str(path))
         by_path.setdefault(str(path), []).append(task)
-    regions: dict[str, list[dict]] = {}
-    kept: dict[str, Detections] = {}
-
+    kept, seconds, scored = _score(c, detector, paths, samples, display)
     certainty = display.certainty()
+    results, predictions = [], []
+    for path, score in zip(scored.keys, scored.scores, strict=True):
+        shown = kept[path]
+        regions = detections_to_regions(shown, detector.class_names, c.config, certainty)
+        for task in by_path[path]:
+            cooperation = (certainty.al_ratio(shown.scores), certainty.split(shown.scores)[1], task.id in pseudo_ids)
+            saved = display.expected_seconds_saved(shown, settings.cost)
+            predictions.append(TaskPrediction(task.id, regions, score.normalized, *cooperation, seconds_saved=saved))
+            results.append(ScoredTask(task.id, task.image, path, score, shown))
+    c.services.store.save_scores(
+        c.job.project_id,
+        [TaskScore(t.task_id, version, t.score.scorer, t.score.value, t.score.normalized) for t in results],
+    )
+    c.report(0.85, f"pushing {len(results)} predictions and priorities to Label Studio")
+    push(c.services, c.project, predictions, version)
+    return results
 
+
+def _score(c: _Cycle, detector: Detector, paths: list[str], samples, display: Display):
+    """The pool's scores (on Ray when configured and possible) in the priority rule's order,
+    with each image's shown boxes and, for the per-second ranking, its expected seconds."""
+    settings, job = c.settings, c.job
+    kept: dict[str, Detections] = {}
     seconds: dict[str, float] = {}
-    cost_aware = settings.priority.cost_aware
 
     def keep(path: str, det: Detections) -> None:
         kept[path] = display.shown(det)
-        if cost_aware:  # only the per-second ranking needs it
+        if settings.priority.cost_aware:  # only the per-second ranking needs it
             seconds[path] = display.expected_seconds(det, settings.cost)
-        regions[path] = detections_to_regions(kept[path], detector.class_names, config, certainty)
 
     params = {}
-    if _aggregates(strategy):
+    if _aggregates(c.strategy):
         params = {"aggregation": job.params.get("aggregation", settings.al_aggregation), "boxes": settings.boxes}
     context = ScoringContext(labeled=samples, budget=settings.al_budget, display=display)
-    if settings.executor == "ray" and ray_can_score(strategy, params, detector):
+    batch = settings.predict_batch_size
+    if settings.executor == "ray" and ray_can_score(c.strategy, params, detector):
         options = RayOptions(settings.ray_address, settings.ray_replicas, 1.0 if detector.device.type == "cuda" else 0)
-        checkpoint = detector.version.checkpoint
         log.info("project %s: scoring %d images on Ray (%d replicas)", job.project_id, len(paths), options.replicas)
-        scored = score_pool_ray(checkpoint, paths, strategy, params, context, settings.predict_batch_size, options,
-                                on_detections=keep)  # fmt: skip
+        checkpoint = detector.version.checkpoint
+        scored = score_pool_ray(checkpoint, paths, c.strategy, params, context, batch, options, on_detections=keep)
     else:
-        scored = score_pool(detector, paths, strategy, params, context, settings.predict_batch_size, on_detections=keep)
+        scored = score_pool(detector, paths, c.strategy, params, context, batch, on_detections=keep)
     scored.scores = _prioritized(settings, detector, scored, samples, seconds, kept)
-    items, scores = [], []
-    for path, score in zip(scored.keys, scored.scores, strict=True):
-        for task in by_path[path]:
-            det = kept[path]
-            cooperation = (certainty.al_ratio(det.scores), certainty.split(det.scores)[1], task.id in pseudo_ids)
-            saved = display.expected_seconds_saved(det, settings.cost)
-            prediction = TaskPrediction(task.id, regions[path], score.normalized, *cooperation, seconds_saved=saved)
-            items.append((task, path, score, prediction))
-            scores.append(TaskScore(task.id, version, score.scorer, score.value, score.normalized))
-    services.store.save_scores(job.project_id, scores)
-
-    report(0.85, f"pushing {len(items)} predictions and priorities to Label Studio")
-    push(services, project, [item[3] for item in items], version)
-    return [(task, path, score, kept[path]) for task, path, score, _ in items]
+    return kept, seconds, scored
 
 
 def _prioritized(settings, detector, scored, samples, seconds, kept) -> list:
@@ -462,40 +516,43 @@ def _aggregates(strategy: str) -> bool:
     return issubclass(SCORERS[strategy], UncertaintyScorer)
 
 
-def _export(services, project_id, cycle, version, class_names, samples, items, metrics, strategy) -> None:
+def _export(c: _Cycle, version: str, class_names, labeled: int, scored: list[ScoredTask], metrics: dict) -> None:
+    """The cycle's CSV (every task, most informative first), its selection as COCO (the
+    AL_BUDGET tasks a person gets first, in the order the simulator selects) and the history."""
+    services, project_id = c.services, c.job.project_id
     folder = services.exports / f"project-{project_id}"
-    rows = [{"image": task.image, "score": score.normalized, "task_id": task.id} for task, _, score, _ in items]
+    cycle = len(services.store.cycles(project_id)) + 1
+    rows = [{"image": t.image, "score": t.score.normalized, "task_id": t.task_id} for t in scored]
     csv_path = write_cycle_csv(rows, folder / f"cycle_{cycle}.csv")
-    ranked = sorted(items, key=lambda item: (-item[2].normalized, item[0].id))
-    selected = [item for item in ranked if item[2].for_people][: services.settings.al_budget]
+    order = people_order([t.path for t in scored], [t.score for t in scored])
+    selected = [scored[i] for i in order][: services.settings.al_budget]
     write_coco(
-        [LabeledImage(path, det.boxes, det.labels) for _, path, _, det in selected],
+        [LabeledImage(t.path, t.shown.boxes, t.shown.labels) for t in selected],
         class_names,
         folder / f"cycle_{cycle}_selection.json",
-        file_names=[task.image for task, *_ in selected],
+        file_names=[t.image for t in selected],
     )
-    services.store.add_cycle(
-        Cycle(
-            project_id,
-            cycle,
-            version,
-            len(samples),
-            metrics.get("map"),
-            metrics.get("map50"),
-            strategy,
-            str(csv_path),
-            time.time(),
-        )
+    row = Cycle(
+        project_id,
+        cycle,
+        version,
+        labeled,
+        metrics.get("map"),
+        metrics.get("map50"),
+        c.strategy,
+        str(csv_path),
+        time.time(),
     )
+    services.store.add_cycle(row)
     history = [
         {
-            "cycle": c.cycle,
-            "version": c.version,
-            "labeled": c.labeled,
-            "map": c.map,
-            "map50": c.map50,
-            "strategy": c.strategy,
+            "cycle": r.cycle,
+            "version": r.version,
+            "labeled": r.labeled,
+            "map": r.map,
+            "map50": r.map50,
+            "strategy": r.strategy,
         }
-        for c in services.store.cycles(project_id)
+        for r in services.store.cycles(project_id)
     ]
     write_history(history, folder)

@@ -68,6 +68,12 @@ def text(media_type: str, description: str) -> dict:
 api = APIBlueprint("api", __name__)
 
 
+def guarded(method: str, rule: str, operation_id: str, ok: dict, *codes: int):
+    """A route behind basic auth, documented with its answers."""
+    register = api.get if method == "get" else api.post
+    return register(rule, operation_id=operation_id, security=BASIC_AUTH, responses=answers(ok, *codes))
+
+
 @api.get("/health", operation_id="health", responses={200: Health, 400: Error})
 def health():
     """Liveness and the base model (open without auth)."""
@@ -83,13 +89,13 @@ def health():
     )
 
 
-@api.get("/", operation_id="index", security=BASIC_AUTH, responses=answers({200: Health}, 400))
+@guarded("get", "/", "index", {200: Health}, 400)
 def index():
     """The same answer as /health, behind auth."""
     return health()
 
 
-@api.post("/setup", operation_id="setup", security=BASIC_AUTH, responses=answers({200: SetupAnswer}, 400, 413))
+@guarded("post", "/setup", "setup", {200: SetupAnswer}, 400, 413)
 def setup(body: SetupBody):
     """Label Studio connects a project: check and remember its labeling config."""
     s = services()
@@ -103,7 +109,7 @@ def setup(body: SetupBody):
     return jsonify(model_version=s.models.for_project(body.project).version.name)
 
 
-@api.post("/predict", operation_id="predict", security=BASIC_AUTH, responses=answers({200: PredictAnswer}, 400, 413))
+@guarded("post", "/predict", "predict", {200: PredictAnswer}, 400, 413)
 def predict(body: PredictBody):
     """Pre-annotations and an informativeness score for each task, in task order.
 
@@ -138,18 +144,13 @@ def _start_training(project_id: int, params: dict, trigger: str):
     return jsonify(job_id=job.id, status=status, project=project_id, job=job.to_dict()), 201
 
 
-@api.post("/train", operation_id="train", security=BASIC_AUTH, responses=answers({201: TrainQueued}, 400, 413, 429))
+@guarded("post", "/train", "train", {201: TrainQueued}, 400, 413, 429)
 def train(body: TrainBody):
     """Queue a training cycle for a project (joins a queued one)."""
     return _start_training(body.project, body.params.model_dump(exclude_none=True), "POST /train")
 
 
-@api.post(
-    "/webhook",
-    operation_id="webhook",
-    security=BASIC_AUTH,
-    responses=answers({200: WebhookAnswer, 201: TrainQueued}, 400, 413, 429),
-)
+@guarded("post", "/webhook", "webhook", {200: WebhookAnswer, 201: TrainQueued}, 400, 413, 429)
 def webhook(body: WebhookBody):
     """Label Studio's events: START_TRAINING queues a cycle; so do annotation events, in batches.
 
@@ -171,7 +172,7 @@ def webhook(body: WebhookBody):
     return jsonify(status="counted", new_annotations=count, threshold=threshold), 200
 
 
-@api.get("/jobs", operation_id="listJobs", security=BASIC_AUTH, responses=answers({200: JobsPage}, 400))
+@guarded("get", "/jobs", "listJobs", {200: JobsPage}, 400)
 def job_list(query: JobsQuery):
     """Training jobs, a page at a time, oldest first (by created_at)."""
     store = services().job_store
@@ -184,19 +185,14 @@ def _no_job(job_id: object):
     return jsonify(error=f"no job {job_id!r}"), 404
 
 
-@api.get("/jobs/<job_id>", operation_id="getJob", security=BASIC_AUTH, responses=answers({200: JobModel}, 400, 404))
+@guarded("get", "/jobs/<job_id>", "getJob", {200: JobModel}, 400, 404)
 def job_detail(path: JobPath):
     """One training job."""
     job = services().job_store.job(path.job_id)
     return jsonify(job.to_dict()) if job else _no_job(path.job_id)
 
 
-@api.post(
-    "/jobs/<job_id>/cancel",
-    operation_id="cancelJob",
-    security=BASIC_AUTH,
-    responses=answers({200: JobModel}, 400, 404, 409),
-)
+@guarded("post", "/jobs/<job_id>/cancel", "cancelJob", {200: JobModel}, 400, 404, 409)
 def job_cancel(path: JobPath):
     """Cancel a job: a queued one at once; a running one stops at its next progress report.
 
@@ -220,23 +216,19 @@ def _job_status(job_id: object):
     return jsonify(job_status=job.state, **job.to_dict())
 
 
-@api.get(
-    "/job_status", operation_id="jobStatusQuery", security=BASIC_AUTH, responses=answers({200: JobStatus}, 400, 404)
-)
+@guarded("get", "/job_status", "jobStatusQuery", {200: JobStatus}, 400, 404)
 def job_status_query(query: JobQuery):
     """Label Studio's job probe: ?job=<id>."""
     return _job_status(query.job)
 
 
-@api.post(
-    "/job_status", operation_id="jobStatus", security=BASIC_AUTH, responses=answers({200: JobStatus}, 400, 404, 413)
-)
+@guarded("post", "/job_status", "jobStatus", {200: JobStatus}, 400, 404, 413)
 def job_status(query: JobQuery, body: JobStatusBody):
     """Label Studio's job probe: {"job": "<id>"} (or ?job=<id>)."""
     return _job_status(body.job or query.job)
 
 
-@api.get("/versions", operation_id="listVersions", security=BASIC_AUTH, responses=answers({200: Versions}, 400))
+@guarded("get", "/versions", "listVersions", {200: Versions}, 400)
 def versions(query: VersionsQuery):
     """Model versions: the base model's and the trained ones, with their metrics."""
     s = services()
@@ -250,12 +242,7 @@ def versions(query: VersionsQuery):
     return jsonify(versions=[s.models.base.version.name] + [v.name for v in listed], active=active, details=details)
 
 
-@api.post(
-    "/versions/<name>/activate",
-    operation_id="activateVersion",
-    security=BASIC_AUTH,
-    responses=answers({200: Activated}, 400, 404, 409),
-)
+@guarded("post", "/versions/<name>/activate", "activateVersion", {200: Activated}, 400, 404, 409)
 def activate(path: VersionPath):
     """Serve this version for its project from now on (rollback or roll forward).
 
@@ -271,12 +258,7 @@ def activate(path: VersionPath):
     return jsonify(active=detector.version.name, project=s.store.version(path.name).project_id)
 
 
-@api.get(
-    "/export/<int:project_id>.csv",
-    operation_id="exportCsv",
-    security=BASIC_AUTH,
-    responses=answers({200: text("text/csv", "The CSV file.")}, 400, 404),
-)
+@guarded("get", "/export/<int:project_id>.csv", "exportCsv", {200: text("text/csv", "The CSV file.")}, 400, 404)
 def export_csv(path: ExportPath):
     """The project's latest cycle as CSV (for annotate.online)."""
     project_id = path.project_id
@@ -288,30 +270,23 @@ def export_csv(path: ExportPath):
     )
 
 
-@api.get(
-    "/metrics",
-    operation_id="metrics",
-    security=BASIC_AUTH,
-    responses=answers({200: text("text/plain", "Prometheus text format.")}, 400),
-)
+@guarded("get", "/metrics", "metrics", {200: text("text/plain", "Prometheus text format.")}, 400)
 def prometheus_metrics():
     """Prometheus metrics."""
     return Response(generate_latest(services().metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
 
-@api.get(
+@guarded(
+    "get",
     "/openapi.json",
-    operation_id="openapi",
-    security=BASIC_AUTH,
-    responses=answers(
-        {
-            200: {
-                "description": "The OpenAPI 3.1 document.",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            }
-        },
-        400,
-    ),
+    "openapi",
+    {
+        200: {
+            "description": "The OpenAPI 3.1 document.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+    400,
 )
 def openapi():
     """This document."""
