@@ -45,7 +45,7 @@ test: setup $(VENV)/.dev-installed $(CHROMEDRIVER)
 	$(PY) -m pytest tests
 
 stress: setup $(VENV)/.dev-installed
-	FUZZ_EXAMPLES=300 FUZZ_REPORT=1 $(PY) -m pytest tests/test_openapi.py -k fuzz -s
+	FUZZ_EXAMPLES=300 FUZZ_REPORT=1 $(PY) -m pytest tests/http/test_openapi.py -k fuzz -s
 	$(PY) bench/load.py --clients 20 --seconds 600
 
 demo: setup $(VENV)/.dev-installed $(CHROMEDRIVER)

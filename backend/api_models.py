@@ -3,7 +3,7 @@
 The routes (backend/routes.py) take these as typed arguments; flask-openapi3 validates every
 request against them and generates /openapi.json from them, so the checks and the document
 cannot drift apart. Answers are built as plain dicts on the hot path (no response validation
-per request); tests/test_openapi.py checks real answers against these schemas.
+per request); tests/http/test_openapi.py checks real answers against these schemas.
 
 Why flask-openapi3 (not spectree or apispec): it takes the models as typed view arguments,
 generates OpenAPI 3.1 from pydantic v2 models directly, and validates no answers at run time,

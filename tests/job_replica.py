@@ -1,4 +1,4 @@
-"""One backend replica's job worker, as its own process, for tests/test_replicas.py.
+"""One backend replica's job worker, as its own process, for tests/e2e/test_replicas.py.
 
     python -m tests.job_replica STATE_DIR NAME SECONDS_PER_JOB
 

@@ -10,7 +10,7 @@ from PIL import Image
 from backend.images import ImageCache, ImageError, ImageLoader, decode_image, redact_url
 from backend.label_studio_auth import LabelStudioAuth
 
-from .conftest import LEGACY_TOKEN, make_settings, png_bytes
+from ..conftest import LEGACY_TOKEN, make_settings, png_bytes
 
 
 @pytest.fixture

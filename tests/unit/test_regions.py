@@ -6,7 +6,7 @@ from al_core.types import Certainty, Detections
 from exporters.label_config import parse_label_config
 from exporters.label_studio_regions import detections_to_regions
 
-from .conftest import SHAPES_CONFIG
+from ..conftest import SHAPES_CONFIG
 
 
 def test_box_to_percent_hand_computed():

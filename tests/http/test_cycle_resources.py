@@ -13,7 +13,7 @@ from al_core.datasets.label_studio_format import box_to_percent
 from al_core.versions import read_version
 from backend import cycle as cycle_module
 
-from .conftest import LEGACY_TOKEN
+from ..conftest import LEGACY_TOKEN
 
 CONFIG = """<View>
   <Image name="img" value="$image"/>

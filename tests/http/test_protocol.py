@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .conftest import SHAPES_CONFIG
+from ..conftest import SHAPES_CONFIG
 
 NO_RECTANGLES = (
     '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="x"/></Choices></View>'

@@ -32,7 +32,7 @@ from backend.store import Store
 from exporters.label_studio_api import QUICK_ACCEPTANCE_VIEW_TITLE as QUICK_ACCEPTANCE
 from exporters.label_studio_api import LabelStudioProject
 
-from .label_studio_server import (  # noqa: F401
+from ..label_studio_server import (  # noqa: F401
     BACKEND_PASSWORD,
     BACKEND_USER,
     ROOT,

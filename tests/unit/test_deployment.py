@@ -11,7 +11,7 @@ import yaml
 
 from backend.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dockerfile_lints_clean_and_mirrors_make_run():

@@ -18,7 +18,7 @@ from al_core.ray_training import train_detector_ray  # noqa: E402
 from al_core.scoring import ScoringContext  # noqa: E402
 from al_core.training import TrainConfig  # noqa: E402
 
-from .label_studio_server import label_studio_server  # noqa: E402, F401
+from ..label_studio_server import label_studio_server  # noqa: E402, F401
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_a_backend_with_executor_ray_runs_its_cycle_on_the_cluster(
     on the cluster's replicas, then pushes predictions as the in-process cycle does."""
     from label_studio_sdk import LabelStudio
 
-    from .label_studio_server import BACKEND_PASSWORD, BACKEND_USER, free_port, start_backend
+    from ..label_studio_server import BACKEND_PASSWORD, BACKEND_USER, free_port, start_backend
     from .test_label_studio_cycle import CONFIG, truth_regions, wait_for
 
     ray_cluster, _ = cluster

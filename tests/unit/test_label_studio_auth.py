@@ -14,7 +14,7 @@ from exporters import label_studio_api
 from exporters.label_studio_api import LabelStudioProject
 from exporters.label_studio_auth import RENEW_BEFORE_S, LabelStudioAuth
 
-from .conftest import JWT_KEY, LEGACY_TOKEN
+from ..conftest import JWT_KEY, LEGACY_TOKEN
 
 
 def token(kind: str, seconds: float, number: int = 0) -> str:

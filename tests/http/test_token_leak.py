@@ -10,7 +10,7 @@ from PIL import Image
 from backend.images import ImageError, ImageLoader
 from backend.label_studio_auth import LabelStudioAuth
 
-from .conftest import LEGACY_TOKEN, SHAPES_CONFIG, make_settings, png_bytes
+from ..conftest import LEGACY_TOKEN, SHAPES_CONFIG, make_settings, png_bytes
 
 PNG = png_bytes(Image.new("RGB", (40, 30), "white"))
 TOKEN = f"Token {LEGACY_TOKEN}"

@@ -14,7 +14,7 @@ from al_core.types import Certainty, Detections, LabeledImage
 from exporters.label_config import parse_label_config
 from exporters.label_studio_regions import detections_to_regions
 
-from .conftest import SHAPES_CONFIG
+from ..conftest import SHAPES_CONFIG
 
 
 def det(scores, labels=None) -> Detections:

@@ -42,9 +42,9 @@ from al_core.datasets import SHAPE_CLASSES
 from al_core.detectors import Detector
 from al_core.versions import write_version
 
-from .conftest import SHAPES_CONFIG
+from ..conftest import SHAPES_CONFIG
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 USER, PASSWORD = "ls", "fuzz-pass-123"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
@@ -251,7 +251,7 @@ class Tally:
 
     def report(self, seconds: float) -> dict:
         return {
-            "command": f"FUZZ_EXAMPLES={FUZZ_EXAMPLES} FUZZ_REPORT=1 .venv/bin/python -m pytest tests/test_openapi.py -k fuzz -s",
+            "command": f"FUZZ_EXAMPLES={FUZZ_EXAMPLES} FUZZ_REPORT=1 .venv/bin/python -m pytest tests/http/test_openapi.py -k fuzz -s",
             "schemathesis": version("schemathesis"),
             "hypothesis": version("hypothesis"),
             "requests": self.sent,

@@ -19,7 +19,7 @@ from backend.models import Models
 from backend.store import Store
 from exporters.label_studio_api import LabelStudioProject, TaskPrediction
 
-from .conftest import LEGACY_TOKEN, SHAPES_CONFIG
+from ..conftest import LEGACY_TOKEN, SHAPES_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
     "al_core": {"backend", "exporters", "flask", "requests", "label_studio_sdk", "werkzeug"},
     "exporters": {"backend", "flask"},

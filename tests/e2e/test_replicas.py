@@ -12,7 +12,7 @@ import pytest
 from backend.job_store import JobStore
 from backend.jobs import INTERRUPTED, JobRunner
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_replica(state: Path, name: str, seconds: float) -> subprocess.Popen:

@@ -15,8 +15,8 @@ from torchvision.ops import box_iou
 from al_core.datasets import SHAPE_CLASSES
 from al_core.datasets.label_studio_format import percent_to_box
 
-from .conftest import LEGACY_TOKEN, ROOT, SHAPES_CONFIG
-from .label_studio_server import free_port
+from ..conftest import LEGACY_TOKEN, ROOT, SHAPES_CONFIG
+from ..label_studio_server import free_port
 
 PASSWORD = "pass-9f8e7d6c"
 HOOK_SECRET = "hook-5a4b3c2d1e"

@@ -20,7 +20,7 @@ from backend.predictor import prediction
 from backend.settings import Settings
 from exporters.label_config import parse_label_config
 
-from .conftest import make_settings
+from ..conftest import make_settings
 from .test_cycle_resources import CONFIG, FakeProject, backend, project, train  # noqa: F401
 
 LABEL_CONFIG = parse_label_config(CONFIG)

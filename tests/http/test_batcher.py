@@ -10,7 +10,7 @@ from PIL import Image
 
 from backend.batcher import Batcher
 
-from .conftest import SHAPES_CONFIG
+from ..conftest import SHAPES_CONFIG
 
 
 def test_concurrent_images_are_merged_into_batches_of_one_size():

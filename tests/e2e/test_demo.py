@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import requests
 
-from .label_studio_server import ROOT, free_port
+from ..label_studio_server import ROOT, free_port
 
 
 def test_demo_runs_cycles_and_says_where_everything_is(tmp_path):

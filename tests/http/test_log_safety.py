@@ -8,7 +8,7 @@ from backend.images import redact_url
 from backend.label_studio_auth import LabelStudioAuth
 from backend.logging_setup import RedactSecrets
 
-from .conftest import SHAPES_CONFIG
+from ..conftest import SHAPES_CONFIG
 
 CONTROL = ("\n", "\r", "\x1b", "\x00", "\u2028")
 

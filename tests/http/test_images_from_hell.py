@@ -12,7 +12,7 @@ from PIL import Image
 
 from al_core.datasets.label_studio_format import regions_to_boxes
 
-from .conftest import SHAPES_CONFIG, png_bytes
+from ..conftest import SHAPES_CONFIG, png_bytes
 
 
 def encoded(image: Image.Image, format: str, **options) -> bytes:

@@ -5,7 +5,7 @@ import pytest
 from backend.api_models import parse_project_id
 from backend.settings import Settings
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 
 def test_defaults_run_on_a_laptop_cpu():

@@ -2,7 +2,7 @@ import pytest
 
 from exporters.label_config import LabelConfigError, parse_label_config
 
-from .conftest import SHAPES_CONFIG
+from ..conftest import SHAPES_CONFIG
 
 
 def test_finds_tags_by_type_not_by_name():

@@ -15,7 +15,7 @@ from backend.models import Models
 from backend.store import Store
 from exporters.label_studio_api import LabelStudioProject, TaskPrediction
 
-from .conftest import LEGACY_TOKEN, make_settings
+from ..conftest import LEGACY_TOKEN, make_settings
 
 
 class FakeLabelStudio:

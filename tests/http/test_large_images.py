@@ -16,7 +16,7 @@ from al_core.types import Detections
 from backend.images import ImageLoader, decode_image, decode_reduced
 from backend.predictor import reduction_factor
 
-from .conftest import ROOT, SHAPES_CONFIG, make_settings
+from ..conftest import ROOT, SHAPES_CONFIG, make_settings
 
 WIDTH, HEIGHT = 8000, 6000
 SQUARE = (2000, 1500, 5000, 4500)  # x0, y0, x1, y1 in the displayed image
