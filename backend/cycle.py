@@ -413,7 +413,7 @@ def _score_and_push(
         if str(path) not in by_path:  # two tasks may share an image: score it once
             paths.append(str(path))
         by_path.setdefault(str(path), []).append(task)
-    kept, seconds, scored = _score(c, detector, paths, samples, display)
+    kept, scored = _score(c, detector, paths, samples, display)
     certainty = display.certainty()
     results, predictions = [], []
     for path, score in zip(scored.keys, scored.scores, strict=True):
@@ -435,7 +435,7 @@ def _score_and_push(
 
 def _score(c: _Cycle, detector: Detector, paths: list[str], samples, display: Display):
     """The pool's scores (on Ray when configured and possible) in the priority rule's order,
-    with each image's shown boxes and, for the per-second ranking, its expected seconds."""
+    with each image's shown boxes."""
     settings, job = c.settings, c.job
     kept: dict[str, Detections] = {}
     seconds: dict[str, float] = {}
@@ -458,7 +458,7 @@ def _score(c: _Cycle, detector: Detector, paths: list[str], samples, display: Di
     else:
         scored = score_pool(detector, paths, c.strategy, params, context, batch, on_detections=keep)
     scored.scores = _prioritized(settings, detector, scored, samples, seconds, kept)
-    return kept, seconds, scored
+    return kept, scored
 
 
 def _prioritized(settings, detector, scored, samples, seconds, kept) -> list:

@@ -40,7 +40,7 @@ class LabelStudioAuth:
         self._key = api_key
         self._personal = _claims(api_key).get("token_type") == "refresh"
         self._exchange_url = url.rstrip("/") + "/api/token/refresh/"
-        self._http = http or httpx.Client(timeout=EXCHANGE_TIMEOUT_S, follow_redirects=False)
+        self._http = http  # made on the first exchange: a legacy token never needs one
         self._on_new_token = on_new_token
         self._access, self._expires = "", 0.0
         self._lock = threading.Lock()
@@ -56,6 +56,8 @@ class LabelStudioAuth:
             return {"Authorization": f"Bearer {self._access}"}
 
     def _exchange(self) -> str:
+        if self._http is None:
+            self._http = httpx.Client(timeout=EXCHANGE_TIMEOUT_S, follow_redirects=False)
         response = self._http.post(self._exchange_url, json={"refresh": self._key})
         response.raise_for_status()
         try:
