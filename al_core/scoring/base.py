@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -41,6 +42,12 @@ class PoolImage:
     key: str
     image: Image.Image
     detections: Detections | None  # None for scorers that do not use the model
+
+    @property
+    def name(self) -> str:
+        """The key's last path segment: seeded draws use it, so a run's choices do not depend
+        on the folder its images sit in."""
+        return PurePath(self.key).name
 
 
 @dataclass

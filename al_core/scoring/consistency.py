@@ -165,7 +165,7 @@ class ConsistencyScorer(Scorer):
         per_view: list[list[float]] = [[] for _ in batch]
         maxima = [[class_maxima(ref, classes)] for ref in refs]
         for name in self.augmentations:
-            rngs = [random.Random(f"{context.seed}:{name}:{item.key}") for item in batch]
+            rngs = [random.Random(f"{context.seed}:{name}:{item.name}") for item in batch]
             views = [
                 AUGMENTATIONS[name](item.image, ref.boxes, rng)
                 for item, ref, rng in zip(batch, refs, rngs, strict=True)

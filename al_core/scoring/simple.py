@@ -13,13 +13,14 @@ from .base import PoolImage, Scorer, ScoringContext, register
 @register
 class RandomScorer(Scorer):
     """Uniform random: the baseline every strategy is compared with. The value of an image
-    depends only on the seed and the image's key, not on batching or pool order."""
+    depends only on the seed and the image's file name, not on batching, pool order or
+    the folder the pool sits in."""
 
     name = "random"
     uses_detections = False
 
     def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
-        values = [random.Random(f"{context.seed}:{item.key}").random() for item in batch]
+        values = [random.Random(f"{context.seed}:{item.name}").random() for item in batch]
         return [ImageScore(v, v, self.name) for v in values]
 
 

@@ -140,6 +140,10 @@ def test_random_is_seeded_and_independent_of_batching():
     other = scorer.score_batch(batch, ScoringContext(seed=4))
     assert [s.value for s in whole] == [s.value for s in split]
     assert [s.value for s in whole] != [s.value for s in other]
+    # The same images in another folder draw the same values: a simulation's random baseline
+    # does not move with its out_dir.
+    moved = [PoolImage(f"/elsewhere/run_b/img{i}.png", None, None) for i in range(10)]
+    assert [s.value for s in scorer.score_batch(moved, ScoringContext(seed=3))] == [s.value for s in whole]
 
 
 def test_top_k_breaks_ties_by_key_and_records_provenance():
