@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Callable
 from dataclasses import asdict, astuple, dataclass, field, fields, replace
 from pathlib import Path
@@ -23,16 +22,15 @@ from tqdm import tqdm
 
 from .annotation_cost import CostModel
 from .cooperation import BoxEdits, correct_boxes, oracle_edits, pseudo_labels
+from .cycle_loop import CycleHooks, CycleLabels, CyclePlan, CycleResult, Trained, run_cycle
 from .datasets import DigitCanvasConfig, read_dataset, write_digit_canvases
 from .detectors import Detector
-from .display import Display, calibrate
+from .display import Display
 from .evaluation import evaluate
-from .pool import ScoredPool, detect, image_features, score_pool
-from .priority import PriorityRule, prioritize
-from .scoring import SCORERS, ScoringContext
-from .selection import people_order
-from .training import TrainConfig, final_pass, loss_spearman, split_held_out, train_detector
-from .types import Detections, LabeledImage
+from .priority import PriorityRule
+from .scoring import SCORERS
+from .training import TrainConfig, loss_spearman
+from .types import LabeledImage
 
 # Today's display before calibration, the reference the calibrated one is measured against:
 # boxes from 0.3, certain from 0.7, the detector's per-class NMS only.
@@ -90,9 +88,11 @@ class SimulationConfig:
     lr: float = 1e-3
     budget_for_diversity: int = 0  # 0: per_cycle
     device: str = "auto"
-    # Labeled images held out of training each cycle, as the service does (none under 5), to
-    # calibrate what people are shown; 0: no calibration, the fixed thresholds.
+    # Labeled images held out of training each cycle, as the service does (none under 5 labeled
+    # images): they choose the weights and calibrate what people are shown; 0: none.
     held_out_fraction: float = 0.2
+    # The service's CALIBRATION_MIN_IMAGES: under it, the fixed thresholds are shown.
+    calibration_min_images: int = 5
     # The service's rule: after calibration, a short pass over every label, held-out ones too
     # (al_core.training.final_pass); False: the held-out images never train.
     final_pass: bool = True
@@ -239,7 +239,8 @@ def _initial(config: SimulationConfig, pool: list[LabeledImage], seed: int) -> _
 
 
 def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, test, class_names) -> list[dict]:
-    """All cycles of one strategy and seed; resumes from the cycle files it finds."""
+    """All cycles of one strategy and seed, each the service's cycle (al_core.cycle_loop) with
+    the oracle as its label source; resumes from the cycle files it finds."""
     folder = Path(config.out_dir) / "runs" / f"{strategy.key}__seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     state, rows, detector = _initial(config, pool, seed), [], None
@@ -251,13 +252,13 @@ def run_one(config: SimulationConfig, strategy: StrategySpec, seed: int, pool, t
             state, detector = _Labels.from_json(saved, pool, state.spent), None
             continue
         detector = _cycle_detector(config, strategy, seed, cycle, detector, folder / "model.pt", class_names)
-        row, display = _train_and_measure(config, strategy, seed, cycle, detector, pool, test, state)
-        detector.save(folder / "model.pt", f"{strategy.key}-seed{seed}-cycle{cycle}")
-        following = _buy_labels(config, strategy, seed, cycle, detector, pool, state, display, row)
-        following.previous = state.labeled
-        state_file.write_text(json.dumps({"row": row, "labeled": state.labeled, **following.to_json()}))
-        rows.append(row)
-        state = following
+        oracle = _Oracle(config, strategy, seed, cycle, pool, test, state, folder / "model.pt")
+        labels, plan = _cycle_labels(config, cycle, pool, state), _plan(config, strategy, seed, cycle, pool, state)
+        run_cycle(labels, detector, plan, oracle)
+        oracle.following.previous = state.labeled
+        state_file.write_text(json.dumps({"row": oracle.row, "labeled": state.labeled, **oracle.following.to_json()}))
+        rows.append(oracle.row)
+        state = oracle.following
     return rows
 
 
@@ -275,72 +276,113 @@ def _cycle_detector(config, strategy: StrategySpec, seed: int, cycle: int, detec
     return detector
 
 
-def _train_and_measure(config, strategy, seed: int, cycle: int, detector, pool, test, state: _Labels):
-    """Train on the labels bought (the service's rule: hold out a share of the newest to set the
-    display, then a last pass over all), measure on the test split; the cycle's row and display."""
-    by_path = {image.path: image for image in pool}
+def _cycle_labels(config: SimulationConfig, cycle: int, pool: list[LabeledImage], state: _Labels) -> CycleLabels:
+    """The labels bought so far, the new ones since the last cycle, and the pool left to score
+    (none in the last cycle: nothing is bought after it)."""
+    labeled = set(state.labeled)
+    recent = {pool[i].path for i in labeled - set(state.previous)} if state.previous else set()
+    unlabeled = [pool[i].path for i in range(len(pool)) if i not in labeled] if cycle < config.cycles else []
+    return CycleLabels([state.labels[i] for i in state.labeled], recent, unlabeled, state.pseudo)
+
+
+def _plan(config: SimulationConfig, strategy: StrategySpec, seed: int, cycle: int, pool, state: _Labels) -> CyclePlan:
+    """The service's cycle under the simulation's protocol and this strategy."""
     epochs = config.epochs_first if cycle == 0 or not config.fine_tune else config.epochs_per_cycle
-    train_config = TrainConfig(
-        epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=seed + cycle, **strategy.train
+    train = TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=seed + cycle, **strategy.train)
+    base = config.base_display()
+    return CyclePlan(
+        strategy.name,
+        train,
+        config.cost_model(),
+        base,
+        params=strategy.params,
+        fixed_display=strategy.fixed_display(base),
+        held_out_fraction=config.held_out_fraction,
+        calibration_min_images=config.calibration_min_images,
+        precision_target=config.display.get("precision_target", 0.95),
+        final_pass=config.final_pass,
+        priority=PriorityRule(**strategy.priority),
+        budget=config.budget_for_diversity or _images_per_cycle(config, pool, state.labeled, state.spent),
+        seed=seed * 1000 + cycle,
     )
-    samples = [state.labels[i] for i in state.labeled]
-    recent = {pool[i].path for i in set(state.labeled) - set(state.previous)} if state.previous else set()
-    train, held_out = split_held_out(samples, config.held_out_fraction, train_config.seed, recent=recent)
-    result = train_detector(detector, train, train_config, pseudo=state.pseudo)
-    display = _cycle_display(config, strategy, detector, [by_path[s.path] for s in held_out], config.cost_model())
-    if held_out and config.final_pass:  # the service's rule: every label trains the served model
-        train_detector(detector, samples, final_pass(train_config, config.held_out_fraction), pseudo=state.pseudo)
-    metrics = evaluate(detector, test)
-    row = {
-        "strategy": strategy.key,
-        "seed": seed,
-        "cycle": cycle,
+
+
+@dataclass
+class _Oracle(CycleHooks):
+    """The simulator's hooks: measure the trained model on the test split and keep it for the
+    next cycle, then buy the next labels from the oracle (the cycle's row and labels)."""
+
+    config: SimulationConfig
+    strategy: StrategySpec
+    seed: int
+    cycle: int
+    pool: list[LabeledImage]
+    test: list[LabeledImage]
+    state: _Labels
+    checkpoint: Path
+    row: dict = field(default_factory=dict)
+    following: _Labels | None = None
+
+    def after_train(self, detector: Detector, trained: Trained) -> Detector:
+        self.row = _measure(self, detector, trained)
+        detector.save(self.checkpoint, f"{self.strategy.key}-seed{self.seed}-cycle{self.cycle}")
+        return detector
+
+    def after_score(self, result: CycleResult) -> None:
+        self.row.update(scoring_seconds=round(result.scoring_seconds, 2), rule=result.rule)
+        if self.cycle == self.config.cycles:
+            state = self.state
+            self.following = _Labels(state.labeled, state.labels, state.pseudo, spent=state.spent)
+            return
+        self.following = _buy_labels(self, result)
+
+
+def _measure(oracle: _Oracle, detector: Detector, trained: Trained) -> dict:
+    """The cycle's row: what was bought so far, the test split's mAP, the display chosen."""
+    state, pool, display = oracle.state, oracle.pool, trained.display
+    metrics = evaluate(detector, oracle.test)
+    return {
+        "strategy": oracle.strategy.key,
+        "seed": oracle.seed,
+        "cycle": oracle.cycle,
         "labeled_images": len(state.labeled),
         "labeled_boxes": sum(len(pool[i].labels) for i in state.labeled),
         "labeled_seconds": round(state.spent, 1),
-        "held_out_images": len(held_out),
+        "held_out_images": len(trained.held_out),
         "map50": metrics["map50"],
         "map": metrics["map"],
-        "train_seconds": round(result.seconds, 2),
+        "train_seconds": round(trained.result.seconds, 2),
         "scoring_seconds": 0.0,
         "rule": "",
         "display_threshold": display.threshold if display.show else None,
         "certain_threshold": display.certain,
         "pseudo_images": len(state.pseudo),
         "pseudo_boxes": sum(len(p.labels) for p in state.pseudo),
-        "pseudo_precision": _pseudo_precision(state.pseudo, by_path),
+        "pseudo_precision": _pseudo_precision(state.pseudo, {image.path: image for image in pool}),
     }
-    return row, display
 
 
-def _buy_labels(config, strategy, seed: int, cycle: int, detector, pool, state: _Labels, display, row) -> _Labels:
-    """Score the unlabeled images, hand the best a person (the oracle labels them) until the
-    cycle's budget is spent, and self-label the rest if asked; the labels for the next cycle.
-    The cycle's figures go into ``row``."""
-    if cycle == config.cycles:
-        return _Labels(state.labeled, state.labels, state.pseudo, spent=state.spent)
-    cost, cycle_seed = config.cost_model(), seed * 1000 + cycle
-    unlabeled = [i for i in range(len(pool)) if i not in set(state.labeled)]
-    samples = [state.labels[i] for i in state.labeled]
-    detections: dict[str, Detections] = {}
-    start = time.perf_counter()
-    budget = config.budget_for_diversity or _images_per_cycle(config, pool, state.labeled, state.spent)
-    scored = _score(strategy, detector, pool, unlabeled, samples, display, cost, cycle_seed, budget, detections)
-    row.update(scoring_seconds=round(time.perf_counter() - start, 2), rule=scored.rule)
-    if detector.has_loss_head:  # can the loss head rank at all? (the oracle knows the losses)
-        sample = random.Random(cycle_seed).sample(unlabeled, min(SPEARMAN_SAMPLE, len(unlabeled)))
-        predicted = [detections[pool[i].path].predicted_loss for i in sample]
-        row["loss_spearman"] = loss_spearman(detector, [pool[i] for i in sample], predicted)
-    ranked = [unlabeled[i] for i in people_order(scored.keys, scored.scores)]
+def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
+    """Hand the images in people's order to the oracle until the cycle's budget is spent, and
+    self-label the rest if asked; the labels for the next cycle. Its figures go into the row."""
+    config, strategy, pool, state, row = oracle.config, oracle.strategy, oracle.pool, oracle.state, oracle.row
+    cost, display = config.cost_model(), result.trained.display
+    index = {image.path: i for i, image in enumerate(pool)}
+    detections = {image.path: image.detections for image in result.scored}
+    if result.detector.has_loss_head:  # can the loss head rank at all? (the oracle knows the losses)
+        rng = random.Random(oracle.seed * 1000 + oracle.cycle)
+        sample = rng.sample(result.scored, min(SPEARMAN_SAMPLE, len(result.scored)))
+        predicted = [image.detections.predicted_loss for image in sample]
+        row["loss_spearman"] = loss_spearman(result.detector, [pool[index[s.path]] for s in sample], predicted)
+    ranked = [index[image.path] for image in result.for_people]
     box_level = bool(strategy.cooperation.get("box_level"))
-    chosen = select(
-        ranked, pool, config.per_cycle, config.budget_unit, _price(pool, detections, display, cost, box_level)
-    )
+    price = _price(pool, detections, display, cost, box_level)
+    chosen = select(ranked, pool, config.per_cycle, config.budget_unit, price)
     work, labels = _label_chosen(chosen, pool, detections, display, cost, strategy, state.labels)
     row.update(work)
     spent = state.spent + work["seconds_cooperative" if box_level else "seconds_with_preannotations"]
     self_labeling = int(strategy.cooperation.get("self_labeling", 0))
-    left = {pool[i].path: display.shown(detections[pool[i].path]) for i in unlabeled if i not in set(chosen)}
+    left = {image.path: image.shown for image in result.scored if index[image.path] not in set(chosen)}
     pseudo = pseudo_labels(left, display.certainty(), self_labeling) if self_labeling else []
     return _Labels(sorted(state.labeled + chosen), labels, pseudo, spent=spent)
 
@@ -358,25 +400,6 @@ def _images_per_cycle(config: SimulationConfig, pool, labeled: list[int], spent:
     return max(1, round(config.per_cycle / max(per_image, 1e-6)))
 
 
-def _score(strategy, detector, pool, unlabeled, samples, display, cost, seed, budget, detections) -> ScoredPool:
-    """The unlabeled images scored by the strategy, in the order its priority rule gives;
-    ``detections`` receives every image's detections (what the display needs)."""
-    context = ScoringContext(labeled=samples, budget=budget, seed=seed, display=display)
-
-    def keep(path: str, det: Detections) -> None:
-        detections[path] = replace(det, box_features=None, class_probs=None)
-
-    paths = [pool[i].path for i in unlabeled]
-    scored = score_pool(detector, paths, strategy.name, strategy.params, context, on_detections=keep)
-    rule = PriorityRule(**strategy.priority)
-    if rule.cost_aware or rule.near_duplicates:
-        seconds = [display.expected_seconds(detections[p], cost) for p in paths]
-        features = torch.stack([detections[p].image_features for p in paths])
-        seen = image_features(detector, [s.path for s in samples]) if rule.near_duplicates else None
-        scored.scores = prioritize(paths, scored.scores, rule, seconds, features, len(paths), seen, seed)
-    return scored
-
-
 def _price(pool, detections, display: Display, cost: CostModel, box_level: bool) -> Callable[[int], float]:
     """What labeling pool image ``index`` from its shown boxes costs the oracle, in seconds."""
 
@@ -385,19 +408,6 @@ def _price(pool, detections, display: Display, cost: CostModel, box_level: bool)
         return cost.seconds(oracle_edits(shown, pool[index], display.certainty(), cooperative=box_level)[0])
 
     return seconds
-
-
-def _cycle_display(config: SimulationConfig, strategy: StrategySpec, detector: Detector, held_out, cost) -> Display:
-    """What this cycle's model shows people: the strategy's fixed thresholds, else calibrated on
-    the held-out labeled images (the service's rule), else the fixed reference."""
-    base = config.base_display()
-    fixed = strategy.fixed_display(base)
-    if fixed is not None:
-        return fixed
-    if not held_out:
-        return replace(base, threshold=FIXED_DISPLAY.threshold, certain=FIXED_DISPLAY.certain)
-    target = config.display.get("precision_target", 0.95)
-    return calibrate(detect(detector, [h.path for h in held_out]), held_out, cost, base, target).display
 
 
 def _label_chosen(chosen, pool, detections, display, cost, strategy, labels) -> tuple[dict, dict]:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from scipy.stats import spearmanr
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.ops import remove_small_boxes
 
 from .detectors import Detector
 from .detectors.box_losses import training_losses
@@ -96,7 +97,9 @@ class NonFiniteLoss(RuntimeError):
 
 
 class DetectionDataset(Dataset):
-    """Images from disk with their targets, labels shifted past the background slot 0."""
+    """Images from disk with their targets, labels shifted past the background slot 0. Boxes
+    under one pixel wide or high are left out: no object, and torchvision's detectors refuse a
+    box without area (a model's own labels, CEAL's, can hold one)."""
 
     def __init__(self, samples: Sequence[LabeledImage]):
         self.samples = list(samples)
@@ -106,7 +109,9 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        target = {"boxes": sample.boxes.float().reshape(-1, 4), "labels": sample.labels.long() + 1}
+        boxes = sample.boxes.float().reshape(-1, 4)
+        keep = remove_small_boxes(boxes, 1.0)
+        target = {"boxes": boxes[keep], "labels": sample.labels.long()[keep] + 1}
         return to_tensor(load_rgb(sample.path)), target
 
 

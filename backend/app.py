@@ -11,7 +11,7 @@ from al_core.detectors import Detector
 from al_core.scoring import create_scorer
 
 from . import auth, errors
-from .cycle import CycleServices, run_cycle
+from .cycle import CycleServices, run_cycle_job
 from .images import ImageLoader
 from .job_store import JobStore
 from .jobs import JobRunner
@@ -72,7 +72,7 @@ def _services(settings: Settings, detector: Detector | None) -> Services:
     cycle_services = CycleServices(settings, store, models, loader, job_store)
     jobs = JobRunner(
         job_store,
-        lambda job, report: run_cycle(cycle_services, job, report),
+        lambda job, report: run_cycle_job(cycle_services, job, report),
         max_queued=settings.max_queued_jobs,
         history_max=settings.job_history_max,
     )

@@ -16,24 +16,19 @@ from pathlib import Path
 import torch
 
 from al_core.cooperation import pseudo_labels
+from al_core.cycle_loop import CycleHooks, CycleLabels, CyclePlan, CycleResult, Execution, Trained, run_cycle
 from al_core.datasets.coco import write_coco
 from al_core.datasets.label_studio_format import choose_annotation, regions_to_boxes
 from al_core.detectors import Detector
 from al_core.detectors.loss_head import attach_loss_head
-from al_core.display import Display, calibrate
-from al_core.evaluation import evaluate
+from al_core.display import Display
 from al_core.images import load_rgb
-from al_core.pool import detect, image_features, score_pool
-from al_core.priority import prioritize
-from al_core.ray_scoring import RayOptions, ray_can_score, score_pool_ray
-from al_core.ray_training import train_detector_ray
-from al_core.scoring import SCORERS, ScoringContext
+from al_core.scoring import SCORERS
 from al_core.scoring.uncertainty import UncertaintyScorer
-from al_core.selection import people_order
 from al_core.tensorboard_log import log_pool
-from al_core.training import TrainConfig, final_pass, split_held_out, train_detector
+from al_core.training import TrainConfig
 from al_core.types import Certainty, Detections, LabeledImage, ScoredTask
-from al_core.versions import read_version, write_version
+from al_core.versions import VersionRecord, read_version, write_version
 from exporters.csv_export import write_cycle_csv, write_history
 from exporters.label_config import LabelConfig, parse_label_config
 from exporters.label_studio_api import LabelStudioProject, TaskPrediction
@@ -60,24 +55,15 @@ def serving_display(settings: Settings, project: Certainty | None, detector: Det
     always the settings' current ones."""
     limits = {"nms_iou": settings.display_nms_iou, "max_boxes": settings.display_max_boxes}
     if project is not None:
-        return replace(settings.display, threshold=project.uncertain, certain=project.certain)
+        return project_display(settings, project)
     if detector.display is not None:
         return replace(detector.display, **limits)
     return settings.display
 
 
-def calibration(settings: Settings, detector: Detector, held_out: list[LabeledImage]) -> dict:
-    """The version's metrics on what its people should be shown: the calibrated display (al_core
-    .display) when enough labeled images were held out of its training, else a note why not."""
-    if len(held_out) < settings.calibration_min_images:
-        note = (f"{len(held_out)} held-out images, under CALIBRATION_MIN_IMAGES ({settings.calibration_min_images}): "
-                "the fixed thresholds stay")  # fmt: skip
-        return {"calibration": {"images": len(held_out), "note": note}}
-    detections = detect(detector, [image.path for image in held_out], settings.predict_batch_size)
-    result = calibrate(detections, held_out, settings.cost, settings.display, settings.certain_precision_target)
-    about = {"images": result.images, "seconds_from_scratch": result.seconds_from_scratch}
-    about.update(seconds_shown=result.seconds_shown, cost_model=settings.cost.describe())
-    return {"display": result.display.to_dict(), "calibration": about}
+def project_display(settings: Settings, project: Certainty) -> Display:
+    """The settings' display with the thresholds a project's /setup set."""
+    return replace(settings.display, threshold=project.uncertain, certain=project.certain)
 
 
 @dataclass
@@ -119,7 +105,7 @@ class _Run:
     skipped: dict[int, str] = field(default_factory=dict)
 
 
-def run_cycle(services: CycleServices, job: Job, report: Report) -> str:
+def run_cycle_job(services: CycleServices, job: Job, report: Report) -> str:
     settings, store = services.settings, services.store
     if not (settings.label_studio_url and settings.label_studio_api_key):
         raise CycleError(
@@ -173,27 +159,20 @@ class _Cycle:
 
 
 def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
+    """The project's cycle: al_core's loop with Label Studio as the label source, and saving
+    the version, pushing and exporting as its hooks."""
     c, tasks = _open(services, run, report)
     unlabeled = [t for t in tasks if t.annotation is None]
     detector = _starting_model(services, run.job, c.config, c.strategy)
     samples, labeled_ids = _labeled_samples(c, [t for t in tasks if t.annotation is not None], detector)
     start_display = serving_display(c.settings, c.thresholds, detector)
     pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, start_display, report)
-    train_config, metrics = _train(c, detector, samples, labeled_ids, pseudo)
-    report(0.7, "saving the new model version")
-    name, record, detector = _save_version(c, detector, train_config, labeled_ids, metrics, pseudo_ids)
-    display = serving_display(c.settings, c.thresholds, detector)
-    scored = _score_and_push(c, detector, unlabeled, samples, name, display, set(pseudo_ids))
-    # Served only now: evaluated, and shown by Label Studio. A failed push left the project on
-    # the previous version, and so does the backend.
-    services.models.activate(name)
-    try:  # observability only: the version is served and pushed already
-        log_pool(record.path / "tensorboard", [t.shown for t in scored], display.certainty(), len(samples))
-    except OSError as error:
-        log.warning("project %s: the pool's TensorBoard figures were not written: %s", run.job.project_id, error)
-    report(0.95, "writing exports")
-    _export(c, name, detector.class_names, len(samples), scored, metrics)
-    return name
+    pool = _pool(c, unlabeled, detector)
+    labels = CycleLabels(samples, _recent(c, samples, labeled_ids), list(pool), pseudo)
+    plan = _plan(c)
+    hooks = _ServiceHooks(c, plan, labeled_ids, pseudo_ids, pool)
+    run_cycle(labels, detector, plan, hooks)
+    return hooks.version
 
 
 def _open(services: CycleServices, run: _Run, report: Report) -> tuple[_Cycle, list[_Task]]:
@@ -230,14 +209,10 @@ def _labeled_samples(c: _Cycle, labeled: list[_Task], detector: Detector) -> tup
     return samples, labeled_ids
 
 
-def _train(
-    c: _Cycle, detector: Detector, samples: list[LabeledImage], labeled_ids: list[int], pseudo: list[LabeledImage]
-) -> tuple[TrainConfig, dict]:
-    """Train on the labels, minus a held-out share of the newest (for the version's figures and
-    its calibrated display), then a last pass over every label: the served version learns from
-    all of them."""
+def _plan(c: _Cycle) -> CyclePlan:
+    """The cycle as the settings and the job's parameters ask for it."""
     settings, job = c.settings, c.job
-    train_config = TrainConfig(
+    train = TrainConfig(
         epochs=job.params.get("epochs", settings.train_epochs),
         batch_size=settings.train_batch_size,
         lr=settings.train_lr,
@@ -245,47 +220,84 @@ def _train(
         box_loss=settings.train_box_loss,
         emphasis=settings.train_emphasis,
     )
-    active = c.services.store.active_version(job.project_id)
-    before = set(read_version(active.path).labeled_ids) if active else set()
-    recent = {s.path for s, task_id in zip(samples, labeled_ids, strict=True) if task_id not in before}
-    train, held_out = split_held_out(samples, settings.train_held_out_fraction, train_config.seed, recent=recent)
-    result = _fit(c, detector, train, train_config, held_out, pseudo)
-    metrics = dict(result.metrics)
-    if not held_out:
-        c.report(0.66, "evaluating (on the training images: too few to hold any out)")
-        metrics = {**evaluate(detector, train), "evaluated_on": "training images"}
-    metrics.update(epochs=result.epochs, stopped_early=result.stopped_early, seconds=round(result.seconds, 1))
-    metrics.update(labeled=len(samples), held_out=len(held_out), pseudo_labeled=len(pseudo))
-    c.report(0.68, "calibrating what people are shown on the held-out images")
-    metrics.update(calibration(settings, detector, held_out))
-    if held_out:  # every label trains the served version; its figures came from unseen images
-        last = final_pass(train_config, settings.train_held_out_fraction)
-        c.report(0.69, f"a last pass over every label, held-out images too ({last.epochs} epochs)")
-        train_detector(detector, samples, last, pseudo=pseudo)
-        metrics.update(final_pass_epochs=last.epochs)
-    return train_config, metrics
-
-
-def _fit(c: _Cycle, detector: Detector, train, train_config: TrainConfig, held_out, pseudo):
-    """One training run, on Ray (DDP workers) when configured and possible, else in process."""
-    settings, job, work = c.settings, c.job, c.run.images.parent
-    if settings.executor == "ray" and settings.train_workers > 1 and not detector.has_loss_head and not pseudo:
-        c.report(0.05, f"training on Ray: {settings.train_workers} DDP workers")
-        log.info("project %s: training on Ray with %d DDP workers", job.project_id, settings.train_workers)
-        return train_detector_ray(
-            detector, train, train_config, held_out, settings.train_workers, detector.device.type == "cuda",
-            settings.ray_address, work,
-        )  # fmt: skip
-    return train_detector(
-        detector,
+    params = {}
+    if _aggregates(c.strategy):
+        params = {"aggregation": job.params.get("aggregation", settings.al_aggregation), "boxes": settings.boxes}
+    execution = Execution(
+        settings.executor, settings.ray_address, settings.train_workers, settings.ray_replicas,
+        settings.predict_batch_size,
+    )  # fmt: skip
+    work = c.run.images.parent
+    return CyclePlan(
+        c.strategy,
         train,
-        train_config,
-        held_out,
-        on_progress=lambda fraction, stage: c.report(0.05 + 0.6 * fraction, stage),
+        settings.cost,
+        settings.display,
+        params=params,
+        fixed_display=project_display(settings, c.thresholds) if c.thresholds else None,
+        held_out_fraction=settings.train_held_out_fraction,
+        calibration_min_images=settings.calibration_min_images,
+        precision_target=settings.certain_precision_target,
+        priority=settings.priority,
+        budget=settings.al_budget,
+        execution=execution,
         state_path=work / f"{job.id}.state",
-        pseudo=pseudo,
         log_dir=work / f"{job.id}.tensorboard",
     )
+
+
+def _recent(c: _Cycle, samples: list[LabeledImage], labeled_ids: list[int]) -> set[str]:
+    """The paths of the labels the active version did not train on."""
+    active = c.services.store.active_version(c.job.project_id)
+    before = set(read_version(active.path).labeled_ids) if active else set()
+    return {s.path for s, task_id in zip(samples, labeled_ids, strict=True) if task_id not in before}
+
+
+def _pool(c: _Cycle, unlabeled: list[_Task], detector: Detector) -> dict[str, list[_Task]]:
+    """The unlabeled tasks whose images can be read, by local image (two tasks may share one:
+    it is scored once)."""
+    pool: dict[str, list[_Task]] = {}
+    for task, path in _fetch_images(c.services, c.run, unlabeled, detector):
+        pool.setdefault(str(path), []).append(task)
+    return pool
+
+
+@dataclass
+class _ServiceHooks(CycleHooks):
+    """The service's side of the loop: progress into the job, the trained model saved as the
+    project's next version and served from the cache, then the push and the exports."""
+
+    c: _Cycle
+    plan: CyclePlan
+    labeled_ids: list[int]
+    pseudo_ids: list[int]
+    pool: dict[str, list[_Task]]
+    version: str = ""
+    record: VersionRecord | None = None
+
+    def progress(self, fraction: float, stage: str) -> None:
+        self.c.report(fraction, stage)
+
+    def after_train(self, detector: Detector, trained: Trained) -> Detector:
+        self.c.report(0.7, "saving the new model version")
+        self.version, self.record, detector = _save_version(
+            self.c, detector, self.plan.train, self.labeled_ids, trained.metrics, self.pseudo_ids
+        )
+        return detector
+
+    def after_score(self, result: CycleResult) -> None:
+        c, display = self.c, result.trained.display
+        scored = _score_and_push(c, result, self.pool, self.version, set(self.pseudo_ids))
+        labeled = result.trained.metrics["labeled"]
+        # Served only now: evaluated, and shown by Label Studio. A failed push left the project on
+        # the previous version, and so does the backend.
+        c.services.models.activate(self.version)
+        try:  # observability only: the version is served and pushed already
+            log_pool(self.record.path / "tensorboard", [t.shown for t in scored], display.certainty(), labeled)
+        except OSError as error:
+            log.warning("project %s: the pool's TensorBoard figures were not written: %s", c.job.project_id, error)
+        c.report(0.95, "writing exports")
+        _export(c, self.version, result, scored)
 
 
 def _save_version(c: _Cycle, detector: Detector, train_config: TrainConfig, labeled_ids, metrics, pseudo_ids):
@@ -402,76 +414,30 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
 
 
 def _score_and_push(
-    c: _Cycle, detector: Detector, unlabeled: list[_Task], samples, version: str, display: Display, pseudo_ids: set
+    c: _Cycle, result: CycleResult, pool: dict[str, list[_Task]], version: str, pseudo_ids: set[int]
 ) -> list[ScoredTask]:
-    """Every unlabeled task scored with the cycle's strategy, in the priority rule's order, and
-    pushed to Label Studio with its prediction."""
-    settings = c.settings
-    c.report(0.75, f"scoring {len(unlabeled)} unlabeled tasks with {c.strategy}")
-    paths, by_path = [], {}
-    for task, path in _fetch_images(c.services, c.run, unlabeled, detector):
-        if str(path) not in by_path:  # two tasks may share an image: score it once
-            paths.append(str(path))
-        by_path.setdefault(str(path), []).append(task)
-    kept, scored = _score(c, detector, paths, samples, display)
+    """Every scored image's tasks with their predictions, their scores stored and pushed to
+    Label Studio, in the priority rule's order."""
+    settings, display, class_names = c.settings, result.trained.display, result.detector.class_names
     certainty = display.certainty()
-    results, predictions = [], []
-    for path, score in zip(scored.keys, scored.scores, strict=True):
-        shown = kept[path]
-        regions = detections_to_regions(shown, detector.class_names, c.config, certainty)
-        for task in by_path[path]:
-            cooperation = (certainty.al_ratio(shown.scores), certainty.split(shown.scores)[1], task.id in pseudo_ids)
-            saved = display.expected_seconds_saved(shown, settings.cost)
-            predictions.append(TaskPrediction(task.id, regions, score.normalized, *cooperation, seconds_saved=saved))
-            results.append(ScoredTask(task.id, task.image, path, score, shown))
+    tasks, predictions = [], []
+    for image in result.scored:
+        regions = detections_to_regions(image.shown, class_names, c.config, certainty)
+        cooperation = (certainty.al_ratio(image.shown.scores), certainty.split(image.shown.scores)[1])
+        saved = display.expected_seconds_saved(image.shown, settings.cost)
+        for task in pool[image.path]:
+            prediction = TaskPrediction(
+                task.id, regions, image.score.normalized, *cooperation, task.id in pseudo_ids, seconds_saved=saved
+            )
+            predictions.append(prediction)
+            tasks.append(ScoredTask(task.id, task.image, image.path, image.score, image.shown))
     c.services.store.save_scores(
         c.job.project_id,
-        [TaskScore(t.task_id, version, t.score.scorer, t.score.value, t.score.normalized) for t in results],
+        [TaskScore(t.task_id, version, t.score.scorer, t.score.value, t.score.normalized) for t in tasks],
     )
-    c.report(0.85, f"pushing {len(results)} predictions and priorities to Label Studio")
+    c.report(0.85, f"pushing {len(tasks)} predictions and priorities to Label Studio")
     push(c.services, c.project, predictions, version)
-    return results
-
-
-def _score(c: _Cycle, detector: Detector, paths: list[str], samples, display: Display):
-    """The pool's scores (on Ray when configured and possible) in the priority rule's order,
-    with each image's shown boxes."""
-    settings, job = c.settings, c.job
-    kept: dict[str, Detections] = {}
-    seconds: dict[str, float] = {}
-
-    def keep(path: str, det: Detections) -> None:
-        kept[path] = display.shown(det)
-        if settings.priority.cost_aware:  # only the per-second ranking needs it
-            seconds[path] = display.expected_seconds(det, settings.cost)
-
-    params = {}
-    if _aggregates(c.strategy):
-        params = {"aggregation": job.params.get("aggregation", settings.al_aggregation), "boxes": settings.boxes}
-    context = ScoringContext(labeled=samples, budget=settings.al_budget, display=display)
-    batch = settings.predict_batch_size
-    if settings.executor == "ray" and ray_can_score(c.strategy, params, detector):
-        options = RayOptions(settings.ray_address, settings.ray_replicas, 1.0 if detector.device.type == "cuda" else 0)
-        log.info("project %s: scoring %d images on Ray (%d replicas)", job.project_id, len(paths), options.replicas)
-        checkpoint = detector.version.checkpoint
-        scored = score_pool_ray(checkpoint, paths, c.strategy, params, context, batch, options, on_detections=keep)
-    else:
-        scored = score_pool(detector, paths, c.strategy, params, context, batch, on_detections=keep)
-    scored.scores = _prioritized(settings, detector, scored, samples, seconds, kept)
-    return kept, scored
-
-
-def _prioritized(settings, detector, scored, samples, seconds, kept) -> list:
-    """The scores in AL_COST_AWARE's and AL_NEAR_DUPLICATES' order (al_core.priority)."""
-    rule = settings.priority
-    if not (rule.cost_aware or rule.near_duplicates):
-        return scored.scores
-    features = seen = None
-    if rule.near_duplicates:
-        features = torch.stack([kept[path].image_features for path in scored.keys])
-        seen = image_features(detector, [s.path for s in samples], settings.predict_batch_size)
-    expected = [seconds[path] for path in scored.keys] if rule.cost_aware else None
-    return prioritize(scored.keys, scored.scores, rule, expected, features, settings.al_budget, seen)
+    return tasks
 
 
 def push(services: CycleServices, project: LabelStudioProject, predictions, version: str) -> None:
@@ -516,19 +482,22 @@ def _aggregates(strategy: str) -> bool:
     return issubclass(SCORERS[strategy], UncertaintyScorer)
 
 
-def _export(c: _Cycle, version: str, class_names, labeled: int, scored: list[ScoredTask], metrics: dict) -> None:
+def _export(c: _Cycle, version: str, result: CycleResult, scored: list[ScoredTask]) -> None:
     """The cycle's CSV (every task, most informative first), its selection as COCO (the
-    AL_BUDGET tasks a person gets first, in the order the simulator selects) and the history."""
-    services, project_id = c.services, c.job.project_id
+    AL_BUDGET tasks a person gets first, in the loop's order for people, the one the simulator
+    buys in) and the history."""
+    services, project_id, metrics = c.services, c.job.project_id, result.trained.metrics
     folder = services.exports / f"project-{project_id}"
     cycle = len(services.store.cycles(project_id)) + 1
     rows = [{"image": t.image, "score": t.score.normalized, "task_id": t.task_id} for t in scored]
     csv_path = write_cycle_csv(rows, folder / f"cycle_{cycle}.csv")
-    order = people_order([t.path for t in scored], [t.score for t in scored])
-    selected = [scored[i] for i in order][: services.settings.al_budget]
+    by_path: dict[str, list[ScoredTask]] = {}
+    for task in scored:
+        by_path.setdefault(task.path, []).append(task)
+    selected = [t for image in result.for_people for t in by_path[image.path]][: services.settings.al_budget]
     write_coco(
         [LabeledImage(t.path, t.shown.boxes, t.shown.labels) for t in selected],
-        class_names,
+        result.detector.class_names,
         folder / f"cycle_{cycle}_selection.json",
         file_names=[t.image for t in selected],
     )
@@ -536,7 +505,7 @@ def _export(c: _Cycle, version: str, class_names, labeled: int, scored: list[Sco
         project_id,
         cycle,
         version,
-        labeled,
+        metrics["labeled"],
         metrics.get("map"),
         metrics.get("map50"),
         c.strategy,

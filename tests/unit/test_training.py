@@ -20,3 +20,19 @@ def test_trained_preset_finds_the_shapes(trained_checkpoint, shapes):
                 found += int(iou[best] > 0.5 and det.labels[best] == label)
     assert total > 10
     assert found / total >= 0.9
+
+
+def test_a_box_without_area_is_left_out_of_the_training_target(tmp_path):
+    """A model's own label (CEAL) can hold a box of zero height; torchvision's detectors refuse
+    it, so the dataset drops boxes under a pixel wide or high and keeps the rest with their labels."""
+    import torch
+
+    from al_core.training import DetectionDataset
+    from al_core.types import LabeledImage
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(path)
+    boxes = torch.tensor([[0.0, 16.0, 1.4, 16.0], [2.0, 2.0, 20.0, 12.0], [5.0, 5.0, 5.5, 9.0]])
+    _, target = DetectionDataset([LabeledImage(str(path), boxes, torch.tensor([0, 1, 2]))])[0]
+    assert target["boxes"].tolist() == [[2.0, 2.0, 20.0, 12.0]]
+    assert target["labels"].tolist() == [2]  # past the background slot
