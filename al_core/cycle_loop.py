@@ -12,6 +12,7 @@ far, and its hooks measure on the test split and buy the next labels from the or
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,8 @@ from .scoring import ScoringContext
 from .selection import people_order
 from .training import TrainConfig, TrainResult, final_pass, split_held_out, train_detector
 from .types import Detections, ImageScore, LabeledImage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -180,6 +183,7 @@ def _fit(detector: Detector, train, held_out, pseudo, plan: CyclePlan, hooks: Cy
     run = plan.execution
     if run.kind == "ray" and run.train_workers > 1 and not detector.has_loss_head and not pseudo:
         hooks.progress(0.05, f"training on Ray: {run.train_workers} DDP workers")
+        log.info("training on Ray with %d DDP workers", run.train_workers)
         work = plan.state_path.parent if plan.state_path else None
         cuda = detector.device.type == "cuda"
         return train_detector_ray(detector, train, plan.train, held_out, run.train_workers, cuda, run.ray_address, work)
@@ -223,6 +227,7 @@ def _score(detector: Detector, paths: list[str], plan: CyclePlan, context: Scori
     checkpoint = detector.version.checkpoint
     if run.kind == "ray" and checkpoint and ray_can_score(plan.strategy, plan.params, detector):
         options = RayOptions(run.ray_address, run.score_replicas, 1.0 if detector.device.type == "cuda" else 0)
+        log.info("scoring %d images on Ray (%d replicas)", len(paths), options.replicas)
         return score_pool_ray(
             checkpoint, paths, plan.strategy, plan.params, context, run.batch_size, options, on_detections=keep
         )
