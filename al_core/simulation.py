@@ -352,6 +352,8 @@ def _measure(oracle: _Oracle, detector: Detector, trained: Trained) -> dict:
         "map50": metrics["map50"],
         "map": metrics["map"],
         "train_seconds": round(trained.result.seconds, 2),
+        "epochs": trained.result.epochs,  # fewer than asked: stopped early on the held-out split
+        "stopped_early": trained.result.stopped_early,
         "scoring_seconds": 0.0,
         "rule": "",
         "display_threshold": display.threshold if display.show else None,

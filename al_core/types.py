@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -83,13 +84,27 @@ class ImageScore:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """A detector's identity: which architecture, which classes, which weights."""
+    """The one record of a model version: a detector's identity (which architecture, which
+    classes, which weights); once saved (al_core.versions), what it was trained on and its
+    figures; in the service's store, the project it serves and whether it is the active one."""
 
     name: str
     detector: str
     class_names: tuple[str, ...]
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # <version directory>/model.pt once saved
     trained: bool = False  # False: the head is still untrained (cold start)
+    labeled_ids: tuple[int, ...] = ()  # the human-labeled items it trained on
+    pseudo_ids: tuple[int, ...] = ()  # the items it trained on with its own labels (CEAL)
+    metrics: dict = field(default_factory=dict, compare=False)
+    train_config: dict = field(default_factory=dict, compare=False)
+    project_id: int | None = None
+    active: bool = False
+    created_at: float = 0.0
+
+    @property
+    def path(self) -> Path | None:
+        """The saved version's directory."""
+        return Path(self.checkpoint).parent if self.checkpoint else None
 
 
 @dataclass

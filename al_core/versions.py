@@ -21,10 +21,12 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .detectors import Detector
+from .types import ModelVersion
 
 FILES = (
     "model.pt",
@@ -65,21 +67,6 @@ def delete_version(path: str | Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class VersionRecord:
-    name: str
-    path: Path
-    class_names: tuple[str, ...]
-    labeled_ids: tuple[int, ...]
-    metrics: dict
-    train_config: dict
-    pseudo_ids: tuple[int, ...] = ()
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / "model.pt"
-
-
 def write_version(
     root: str | Path,
     name: str,
@@ -89,7 +76,7 @@ def write_version(
     metrics: dict,
     pseudo_ids=(),
     logs: str | Path | None = None,
-) -> VersionRecord:
+) -> ModelVersion:
     root = Path(root)
     final = root / name
     if final.exists():
@@ -124,7 +111,8 @@ def write_version(
     return read_version(final)
 
 
-def read_version(path: str | Path) -> VersionRecord:
+def read_version(path: str | Path) -> ModelVersion:
+    """The saved version at ``path``, checked: every file there and the weights' checksum."""
     path = Path(path)
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
@@ -133,12 +121,22 @@ def read_version(path: str | Path) -> VersionRecord:
     # A flipped bit in the weights still unpickles; only the checksum tells.
     if _sha256(path / "model.pt") != load("checksums.json")["model.pt"]:
         raise ValueError(f"{path / 'model.pt'} is corrupted: its SHA-256 is not the one written with it")
-    return VersionRecord(
+    return ModelVersion(
         path.name,
-        path,
+        _architecture(path / "model.pt"),
         tuple(load("label_map.json")),
-        tuple(load("labeled.json")),
-        load("metrics.json"),
-        load("train_config.json"),
-        tuple(load("pseudo_labeled.json")),
+        str(path / "model.pt"),
+        trained=True,
+        labeled_ids=tuple(load("labeled.json")),
+        pseudo_ids=tuple(load("pseudo_labeled.json")),
+        metrics=load("metrics.json"),
+        train_config=load("train_config.json"),
     )
+
+
+def _architecture(checkpoint: Path) -> str:
+    """The detector architecture a checkpoint holds, read without its weights (memory-mapped)."""
+    try:
+        return str(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["detector"])
+    except Exception as error:  # torch raises many kinds for a broken file
+        raise ValueError(f"cannot read checkpoint {checkpoint}: {error}") from error

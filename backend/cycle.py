@@ -27,8 +27,8 @@ from al_core.scoring import SCORERS
 from al_core.scoring.uncertainty import UncertaintyScorer
 from al_core.tensorboard_log import log_pool
 from al_core.training import TrainConfig
-from al_core.types import Certainty, Detections, LabeledImage, ScoredTask
-from al_core.versions import VersionRecord, read_version, write_version
+from al_core.types import Certainty, Detections, LabeledImage, ModelVersion, ScoredTask
+from al_core.versions import read_version, write_version
 from exporters.csv_export import write_cycle_csv, write_history
 from exporters.label_config import LabelConfig, parse_label_config
 from exporters.label_studio_api import LabelStudioProject, TaskPrediction
@@ -273,7 +273,7 @@ class _ServiceHooks(CycleHooks):
     pseudo_ids: list[int]
     pool: dict[str, list[_Task]]
     version: str = ""
-    record: VersionRecord | None = None
+    record: ModelVersion | None = None
 
     def progress(self, fraction: float, stage: str) -> None:
         self.c.report(fraction, stage)
@@ -311,7 +311,7 @@ def _save_version(c: _Cycle, detector: Detector, train_config: TrainConfig, labe
     name = f"p{project_id}-v{number}"
     board = work / f"{c.job.id}.tensorboard"
     record = write_version(root, name, detector, train_config.to_dict(), labeled_ids, metrics, pseudo_ids, board)
-    store.add_version(name, project_id, str(record.path), metrics)
+    store.add_version(record, project_id)
     detector = c.services.models.load(name, str(record.path))
     (work / f"{c.job.id}.state").unlink(missing_ok=True)
     shutil.rmtree(board, ignore_errors=True)
@@ -394,7 +394,7 @@ def _starting_model(services: CycleServices, job: Job, config: LabelConfig, stra
     settings = services.settings
     active = services.store.active_version(job.project_id)
     if active and not job.params.get("from_scratch"):
-        detector = Detector.load(Path(active.path) / "model.pt", device=settings.model_device)
+        detector = Detector.load(active.checkpoint, device=settings.model_device)
         if detector.class_names == config.labels:
             if "loss_head" in SCORERS[strategy].needs and not detector.has_loss_head:
                 attach_loss_head(detector.model)  # the strategy changed to learning loss

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from al_core.detectors import Detector
 from al_core.display import Display
+from al_core.types import ModelVersion
 from al_core.versions import read_version
 
-from .store import Store, Version
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Models:
         except VersionError as error:
             return self._fall_back(active, str(error))
 
-    def _fall_back(self, active: Version, reason: str) -> Detector:
+    def _fall_back(self, active: ModelVersion, reason: str) -> Detector:
         """The newest intact version of the project older than its active one, else the base."""
         older = [v for v in self.store.versions(active.project_id) if v.created_at < active.created_at]
         detector = self.base
@@ -97,6 +98,7 @@ class Models:
             try:
                 record = read_version(path)
                 detector = Detector.load(record.checkpoint, device=self.device)
+                detector.version = record  # with what it trained on and its figures
                 if "display" in record.metrics:  # calibrated after its training run
                     detector.display = Display.from_dict(record.metrics["display"])
             except (ValueError, TypeError, OSError) as error:

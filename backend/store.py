@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from al_core.types import Certainty
+from al_core.types import Certainty, ModelVersion
 
 from .sqlite_db import Database, add_missing_columns
 
@@ -77,16 +77,6 @@ class TaskScore:
 
 
 @dataclass(frozen=True)
-class Version:
-    name: str
-    project_id: int
-    path: str
-    metrics: dict
-    active: bool
-    created_at: float
-
-
-@dataclass(frozen=True)
 class Cycle:
     project_id: int
     cycle: int
@@ -97,6 +87,22 @@ class Cycle:
     strategy: str
     csv_path: str | None
     created_at: float
+
+
+def _version(name, project_id, path, metrics, active, created_at, detector, class_names) -> ModelVersion:
+    """A versions row as the one version record (rows written by older builds lack the
+    architecture and the classes)."""
+    return ModelVersion(
+        name,
+        detector or "",
+        tuple(json.loads(class_names or "[]")),
+        str(Path(path) / "model.pt"),
+        trained=True,
+        metrics=json.loads(metrics),
+        project_id=project_id,
+        active=bool(active),
+        created_at=created_at,
+    )
 
 
 def _migrate_task_scores(db: sqlite3.Connection) -> None:
@@ -123,7 +129,9 @@ class Store(Database):
         super().__init__(path)
         with self._connect() as db:
             db.executescript(SCHEMA + ";" + TASK_SCORES)
-            add_missing_columns(db, "projects", {"certainty": "TEXT"})  # state written by older builds
+            # state written by older builds
+            add_missing_columns(db, "projects", {"certainty": "TEXT"})
+            add_missing_columns(db, "versions", {"detector": "TEXT", "class_names": "TEXT"})
         with self._transaction() as db:  # a write lock: two processes opening an old file migrate once
             _migrate_task_scores(db)
 
@@ -204,11 +212,14 @@ class Store(Database):
         return [TaskScore(*row) for row in rows]
 
     # versions
-    def add_version(self, name: str, project_id: int, path: str, metrics: dict) -> None:
+    def add_version(self, version: ModelVersion, project_id: int) -> None:
+        """A saved version (al_core.versions) as one of the project's, not yet active."""
+        row = (version.name, project_id, str(version.path), json.dumps(version.metrics), time.time())
         with self._connect() as db:
             db.execute(
-                "INSERT INTO versions (name, project_id, path, metrics, created_at) VALUES (?, ?, ?, ?, ?)",
-                (name, project_id, path, json.dumps(metrics), time.time()),
+                "INSERT INTO versions (name, project_id, path, metrics, created_at, detector, class_names) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*row, version.detector, json.dumps(list(version.class_names))),
             )
 
     def activate_version(self, name: str) -> None:
@@ -216,23 +227,21 @@ class Store(Database):
             (project_id,) = db.execute("SELECT project_id FROM versions WHERE name = ?", (name,)).fetchone()
             db.execute("UPDATE versions SET active = (name = ?) WHERE project_id = ?", (name, project_id))
 
-    def versions(self, project_id: int | None = None) -> list[Version]:
+    def versions(self, project_id: int | None = None) -> list[ModelVersion]:
         where, args = ("WHERE project_id = ?", (project_id,)) if project_id is not None else ("", ())
+        columns = "name, project_id, path, metrics, active, created_at, detector, class_names"
         with self._connect() as db:
-            rows = db.execute(
-                f"SELECT name, project_id, path, metrics, active, created_at FROM versions {where} ORDER BY created_at",
-                args,
-            ).fetchall()
-        return [Version(r[0], r[1], r[2], json.loads(r[3]), bool(r[4]), r[5]) for r in rows]
+            rows = db.execute(f"SELECT {columns} FROM versions {where} ORDER BY created_at", args).fetchall()
+        return [_version(*row) for row in rows]
 
     def delete_version(self, name: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM versions WHERE name = ? AND active = 0", (name,))
 
-    def version(self, name: str) -> Version | None:
+    def version(self, name: str) -> ModelVersion | None:
         return next((v for v in self.versions() if v.name == name), None)
 
-    def active_version(self, project_id: int) -> Version | None:
+    def active_version(self, project_id: int) -> ModelVersion | None:
         return next((v for v in self.versions(project_id) if v.active), None)
 
     # cycles

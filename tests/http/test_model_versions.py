@@ -29,7 +29,7 @@ def small():
 
 def add(store: Store, root, name: str, detector: Detector, active: bool = False):
     record = write_version(root, name, detector, {}, [1], {"map50": 0.5})
-    store.add_version(name, 1, str(record.path), {"map50": 0.5})
+    store.add_version(record, 1)
     if active:
         store.activate_version(name)
     return record

@@ -40,6 +40,7 @@ from schemathesis.specs.openapi.checks import (
 
 from al_core.datasets import SHAPE_CLASSES
 from al_core.detectors import Detector
+from al_core.types import ModelVersion
 from al_core.versions import write_version
 
 from ..conftest import SHAPES_CONFIG
@@ -313,8 +314,8 @@ def test_fuzz_every_endpoint_against_the_document(make_client, image_server, sha
     record = write_version(
         tmp_path / "versions", "p1-v1", Detector.create("cpu_preset", SHAPE_CLASSES), {}, [], {"map": 0.5}
     )
-    store.add_version("p1-v1", 1, str(record.path), {"map": 0.5})
-    store.add_version("p2-broken", 2, str(tmp_path / "versions" / "missing"), {})
+    store.add_version(record, 1)
+    store.add_version(ModelVersion("p2-broken", "cpu_preset", (), str(tmp_path / "versions" / "missing" / "model.pt")), 2)
     versions = ["p1-v1", "p2-broken", "cpu_preset-backbone-untrained"]
 
     def steer(case, data) -> None:

@@ -124,3 +124,33 @@ def test_prune_keeps_the_newest_finished_jobs_and_every_unfinished_one(tmp_path)
     assert [j.id for j in store.jobs()] == [ids[2], ids[3], ids[4], ids[5]]
     assert store.prune_jobs(2) == 0
     assert store.prune_jobs(0) == 2 and [j.state for j in store.jobs()] == ["queued", "running"]
+
+
+OLD_VERSIONS = """
+CREATE TABLE versions (
+    name TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    active INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+"""
+
+
+def test_a_version_reads_back_as_the_one_record_and_old_rows_still_read(tmp_path):
+    from al_core.types import ModelVersion
+
+    path = tmp_path / "state.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_VERSIONS)
+        db.execute("INSERT INTO versions VALUES ('p1-v1', 1, '/models/p1-v1', '{\"map50\": 0.5}', 1, 1.0)")
+    store = Store(path)
+    saved = ModelVersion("p1-v2", "cpu_preset", ("a", "b"), "/models/p1-v2/model.pt", True, metrics={"map": 0.4})
+    store.add_version(saved, 1)
+    old, new = store.versions(1)
+    # written by an older build: no architecture or classes, the rest as it was
+    assert (old.name, old.detector, old.class_names, old.checkpoint) == ("p1-v1", "", (), "/models/p1-v1/model.pt")
+    assert old.metrics == {"map50": 0.5} and old.active and old.project_id == 1
+    assert (new.detector, new.class_names, str(new.path), new.metrics) == ("cpu_preset", ("a", "b"), "/models/p1-v2", {"map": 0.4})
+    assert not new.active and store.active_version(1).name == "p1-v1"

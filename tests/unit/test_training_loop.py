@@ -123,18 +123,18 @@ def test_a_broken_version_is_refused_and_the_active_one_stays(tmp_path, untraine
     store = Store(tmp_path / "state.sqlite3")
     models = Models(untrained_detector, store, "cpu")
     good = write_version(tmp_path / "models", "p1-v1", fresh(), {}, [1], {})
-    store.add_version("p1-v1", 1, str(good.path), {})
+    store.add_version(good, 1)
     models.activate("p1-v1")
     broken = write_version(tmp_path / "models", "p1-v2", fresh(), {}, [1], {})
     (broken.path / "model.pt").write_bytes(b"garbage")
-    store.add_version("p1-v2", 1, str(broken.path), {})
+    store.add_version(broken, 1)
     with pytest.raises(VersionError, match="cannot be loaded"):
         models.activate("p1-v2")
     flipped = write_version(tmp_path / "models", "p1-v3", fresh(), {}, [1], {})
     weights = bytearray((flipped.path / "model.pt").read_bytes())
     weights[len(weights) // 2] ^= 0x01  # one bit in the tensor data: still unpickles
     (flipped.path / "model.pt").write_bytes(bytes(weights))
-    store.add_version("p1-v3", 1, str(flipped.path), {})
+    store.add_version(flipped, 1)
     with pytest.raises(VersionError, match="p1-v3 cannot be loaded: .*corrupted: its SHA-256"):
         models.activate("p1-v3")
     assert store.active_version(1).name == "p1-v1" and models.for_project(1).version.name == "p1-v1"
