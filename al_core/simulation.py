@@ -1,8 +1,9 @@
 """Simulated annotation cycles with the labels as the oracle (ALBench's idea).
 
 For every strategy and seed, under one fixed protocol: a seeded random initial labeled set
-(the same for every strategy of a seed), then cycles of train -> evaluate on a fixed test
-split -> score the unlabeled pool -> select a batch -> reveal its labels. Each cycle's state
+(the same for every strategy of a seed), then cycles of the service's own loop
+(al_core.cycle_loop: train, calibrate, a last pass, score, order for people) with the oracle
+as the label source: evaluate on a fixed test split, then buy the next labels. Each cycle's state
 (labeled ids, metrics, timings) and the model are written to disk, so an interrupted run
 resumes where it stopped. ``report`` turns the rows into a table, a plot and the two figures
 users care about: mAP gained over random, and labels saved to reach random's final mAP.
