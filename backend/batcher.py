@@ -49,13 +49,18 @@ class Batcher:
 
     def submit(self, detector: Detector, image: Image.Image) -> Future:
         """A future of the image's result; it raises what the batch raised."""
-        item = _Item(detector, image)
+        return self.submit_many(detector, [image])[0]
+
+    def submit_many(self, detector: Detector, images: Sequence[Image.Image]) -> list[Future]:
+        """Futures of the images' results, queued at once: a request's own images are never
+        split across batches by the wait running out while they are still being queued."""
+        items = [_Item(detector, image) for image in images]
         with self._changed:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            self._waiting.append(item)
+            self._waiting.extend(items)
             self._changed.notify()
-        return item.future
+        return [item.future for item in items]
 
     def close(self) -> None:
         with self._changed:

@@ -74,7 +74,8 @@ class Predictor:
         self, tasks: list, config: LabelConfig, project_id: int | None, detector: Detector, display: Display
     ) -> list[dict]:
         """One Label Studio prediction per task, in task order. Images are fetched in the pool
-        and handed to the batcher as they arrive, so the model never waits on I/O; at most
+        and handed to the batcher a batch at a time as they arrive, so the model never waits on
+        I/O and a request's images are not split into smaller batches; at most
         ``2 x batch_size`` images are fetched ahead and as many wait for the model."""
         window = 2 * self.batch_size
         results: list[dict] = [{} for _ in tasks]
@@ -86,35 +87,44 @@ class Predictor:
         inferring: deque[tuple[_Loaded, Future]] = deque()
         while loading or inferring:
             if loading and len(inferring) < window:
-                item = loading.popleft().result()
-                loading.extend(self.pool.submit(self._load, i, t, config, detector) for i, t in islice(queued, 1))
-                if item.error is None and (problem := detector.size_problem(*item.image.size)):
-                    item.error = problem
-                if item.error is None:
-                    inferring.append((item, self.batcher.submit(detector, item.image)))
+                group = self._next_group(loading, queued, window - len(inferring), config, detector, results)
+                futures = self.batcher.submit_many(detector, [item.image for item in group])
+                for item, future in zip(group, futures, strict=True):
                     item.image = None  # the batcher holds it until its batch has run
-                    continue
-                results[item.index] = self._failed(detector, item.error)
-            else:
-                item, future = inferring.popleft()
-                try:
-                    detections, image_score = future.result()
-                except Exception as error:  # the model failed on this batch: its tasks fail, not the call
-                    log.error("task %s: the model failed: %s: %s", item.task_id, type(error).__name__, error)
-                    results[item.index] = self._failed(
-                        detector, f"the model failed on this image: {type(error).__name__}"
-                    )
-                    continue
-                self.metrics.images_scored.inc()
-                detections = detections.scaled(item.original_size)  # boxes in the full image's pixels
-                results[item.index] = prediction(detector, config, detections, image_score, display, self.cost)
-                if item.task_id is not None:
-                    version = detector.version.name
-                    scores.append(
-                        TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized)
-                    )
+                    inferring.append((item, future))
+                continue
+            item, future = inferring.popleft()
+            try:
+                detections, image_score = future.result()
+            except Exception as error:  # the model failed on this batch: its tasks fail, not the call
+                log.error("task %s: the model failed: %s: %s", item.task_id, type(error).__name__, error)
+                results[item.index] = self._failed(detector, f"the model failed on this image: {type(error).__name__}")
+                continue
+            self.metrics.images_scored.inc()
+            detections = detections.scaled(item.original_size)  # boxes in the full image's pixels
+            results[item.index] = prediction(detector, config, detections, image_score, display, self.cost)
+            if item.task_id is not None:
+                version = detector.version.name
+                scores.append(
+                    TaskScore(item.task_id, version, image_score.scorer, image_score.value, image_score.normalized)
+                )
         self.writer.submit(project_id, scores)
         return results
+
+    def _next_group(self, loading: deque, queued, room: int, config, detector, results) -> list[_Loaded]:
+        """The next loaded images, up to a batch (and ``room``), handed to the model together;
+        a task that cannot be read gets its error result here."""
+        group: list[_Loaded] = []
+        while loading and len(group) < min(self.batch_size, room):
+            item = loading.popleft().result()
+            loading.extend(self.pool.submit(self._load, i, t, config, detector) for i, t in islice(queued, 1))
+            if item.error is None and (problem := detector.size_problem(*item.image.size)):
+                item.error = problem
+            if item.error is None:
+                group.append(item)
+            else:
+                results[item.index] = self._failed(detector, item.error)
+        return group
 
     def _failed(self, detector: Detector, error: str) -> dict:
         self.metrics.errors.labels(kind="task").inc()

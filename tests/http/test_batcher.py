@@ -38,6 +38,23 @@ def test_concurrent_images_are_merged_into_batches_of_one_size():
     assert all(len(set(batch)) == 1 for batch in seen)
 
 
+def test_a_requests_images_queued_together_run_as_one_batch_without_waiting():
+    """With no wait at all, images queued one by one may run alone; queued together (one
+    request's batch), they run as one batch, up to the batch size."""
+    seen = []
+
+    def run(detector, images):
+        seen.append(len(images))
+        return list(range(len(images)))
+
+    batcher = Batcher(run, max_batch=4, max_wait_s=0.0)
+    futures = batcher.submit_many("d", [Image.new("RGB", (16, 16))] * 6)
+    assert [f.result(timeout=10) for f in futures] == [0, 1, 2, 3, 0, 1]
+    assert batcher.submit_many("d", []) == []
+    batcher.close()
+    assert seen == [4, 2]
+
+
 def test_a_failed_batch_fails_its_requests_and_the_batcher_goes_on():
     calls = []
 
