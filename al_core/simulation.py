@@ -385,7 +385,8 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
     row.update(work)
     spent = state.spent + work["seconds_cooperative" if box_level else "seconds_with_preannotations"]
     self_labeling = int(strategy.cooperation.get("self_labeling", 0))
-    left = {image.path: image.shown for image in result.scored if index[image.path] not in set(chosen)}
+    bought = set(chosen)
+    left = {image.path: image.shown for image in result.scored if index[image.path] not in bought}
     pseudo = pseudo_labels(left, display.certainty(), self_labeling) if self_labeling else []
     return _Labels(sorted(state.labeled + chosen), labels, pseudo, spent=spent)
 
