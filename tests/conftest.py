@@ -20,6 +20,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TORCH_HOME", str(ROOT / "data" / "torch_home"))
+# No usage telemetry from the test clusters: Ray Data's collector polls a Prometheus that is not
+# there from background threads that outlive the Ray tests, logging a traceback each time.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 subprocess.run([sys.executable, str(ROOT / "scripts" / "offline_weights.py")], check=True, capture_output=True)
 
 from al_core import cli  # noqa: E402
