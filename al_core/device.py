@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
+
+T = TypeVar("T")
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -20,3 +26,30 @@ def flush_denormals(device: torch.device) -> None:
     (request batcher, training job) sets it for itself."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)
+
+
+def in_passing_thread(work: Callable[[], T]) -> T:
+    """``work()`` on a new thread that ends with it: its result, or what it raised.
+
+    For torch work of a serving process done outside the thread that runs the model (loading a
+    checkpoint, a training job). On CPU, libgomp gives every thread that enters an OpenMP
+    region its own team of worker threads, kept until that thread exits; once the teams
+    outnumber the cores, every team gives up spin-waiting between regions and the model's
+    forward, a long run of small regions, slows down (about 30% on two cores:
+    bench/predict_throughput.py). A thread that ends takes its team with it.
+    """
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as error:  # handed to the caller, raised on its own thread
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name="torch-passing", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value

@@ -4,10 +4,12 @@ request thread) and registers the auth, the error format, the metrics and the ro
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from flask_openapi3 import Info, OpenAPI
 
 from al_core.detectors import Detector
+from al_core.device import in_passing_thread
 from al_core.scoring import create_scorer
 
 from . import auth, errors
@@ -53,7 +55,8 @@ def _services(settings: Settings, detector: Detector | None) -> Services:
     metrics = Metrics()
     store = Store(settings.data_path / "state.sqlite3")
     job_store = JobStore(store.path)
-    models = Models(detector or load_detector(settings), store, settings.model_device, settings.max_loaded_models)
+    base = detector or in_passing_thread(partial(load_detector, settings))
+    models = Models(base, store, settings.model_device, settings.max_loaded_models)
     models.check_active_versions()
     ls_auth = None
     if settings.label_studio_url and settings.label_studio_api_key:

@@ -21,6 +21,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
+
+from al_core.device import in_passing_thread
 
 from .job_store import FINISHED_STATES, Job, JobStore
 
@@ -127,7 +130,9 @@ class JobRunner:
                 self._wake.wait(POLL_S)
                 self._wake.clear()
                 continue
-            self._run(job)
+            # Each job's torch work on its own thread: a persistent one would keep an OpenMP
+            # team that slows /predict's model down for good (al_core.device.in_passing_thread).
+            in_passing_thread(partial(self._run, job))
 
     def _run(self, job: Job) -> None:
         def report(progress: float, stage: str) -> None:

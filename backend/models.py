@@ -12,8 +12,10 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 
 from al_core.detectors import Detector
+from al_core.device import in_passing_thread
 from al_core.display import Display
 from al_core.types import ModelVersion
 from al_core.versions import read_version
@@ -97,7 +99,7 @@ class Models:
                 raise VersionError(self._broken[name])
             try:
                 record = read_version(path)
-                detector = Detector.load(record.checkpoint, device=self.device)
+                detector = in_passing_thread(partial(Detector.load, record.checkpoint, device=self.device))
                 detector.version = record  # with what it trained on and its figures
                 if "display" in record.metrics:  # calibrated after its training run
                     detector.display = Display.from_dict(record.metrics["display"])

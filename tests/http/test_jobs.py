@@ -139,6 +139,19 @@ def test_a_restart_fails_running_jobs_and_keeps_queued_ones(tmp_path):
     assert runner.wait(queued.id, 10).state == "done" and ran == [queued.id]
 
 
+def test_each_job_runs_on_its_own_thread_that_ends_with_it(tmp_path):
+    """A training job's OpenMP team must not outlive it (al_core.device.in_passing_thread)."""
+    store = JobStore(tmp_path / "state.sqlite3")
+    threads = []
+    runner = JobRunner(store, lambda job, report: threads.append(threading.current_thread()) or "v")
+    jobs = [runner.submit(project, {}, "POST /train")[0] for project in (1, 2)]
+    assert all(runner.wait(job.id, 10).state == "done" for job in jobs)
+    assert len({id(thread) for thread in threads}) == 2 and threading.current_thread() not in threads
+    for thread in threads:
+        thread.join(timeout=10)  # it ends right after recording its job's outcome
+        assert not thread.is_alive()
+
+
 class Reporting:
     """Work that reports progress every 20 ms until released (or cancelled through report)."""
 

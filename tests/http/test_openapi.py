@@ -315,7 +315,9 @@ def test_fuzz_every_endpoint_against_the_document(make_client, image_server, sha
         tmp_path / "versions", "p1-v1", Detector.create("cpu_preset", SHAPE_CLASSES), {}, [], {"map": 0.5}
     )
     store.add_version(record, 1)
-    store.add_version(ModelVersion("p2-broken", "cpu_preset", (), str(tmp_path / "versions" / "missing" / "model.pt")), 2)
+    store.add_version(
+        ModelVersion("p2-broken", "cpu_preset", (), str(tmp_path / "versions" / "missing" / "model.pt")), 2
+    )
     versions = ["p1-v1", "p2-broken", "cpu_preset-backbone-untrained"]
 
     def steer(case, data) -> None:

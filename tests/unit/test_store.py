@@ -152,5 +152,10 @@ def test_a_version_reads_back_as_the_one_record_and_old_rows_still_read(tmp_path
     # written by an older build: no architecture or classes, the rest as it was
     assert (old.name, old.detector, old.class_names, old.checkpoint) == ("p1-v1", "", (), "/models/p1-v1/model.pt")
     assert old.metrics == {"map50": 0.5} and old.active and old.project_id == 1
-    assert (new.detector, new.class_names, str(new.path), new.metrics) == ("cpu_preset", ("a", "b"), "/models/p1-v2", {"map": 0.4})
+    assert (new.detector, new.class_names, str(new.path), new.metrics) == (
+        "cpu_preset",
+        ("a", "b"),
+        "/models/p1-v2",
+        {"map": 0.4},
+    )
     assert not new.active and store.active_version(1).name == "p1-v1"
