@@ -35,8 +35,8 @@ def in_passing_thread(work: Callable[[], T]) -> T:
     checkpoint, a training job). On CPU, libgomp gives every thread that enters an OpenMP
     region its own team of worker threads, kept until that thread exits; once the teams
     outnumber the cores, every team gives up spin-waiting between regions and the model's
-    forward, a long run of small regions, slows down (about 30% on two cores:
-    bench/predict_throughput.py). A thread that ends takes its team with it.
+    forward, a long run of small regions, slows down (to 0.71 on two cores: bench/omp_teams.py).
+    A thread that ends takes its team with it.
     """
     outcome: list = []
 
