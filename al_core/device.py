@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -38,18 +38,5 @@ def in_passing_thread(work: Callable[[], T]) -> T:
     forward, a long run of small regions, slows down (to 0.71 on two cores: bench/omp_teams.py).
     A thread that ends takes its team with it.
     """
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, work()))
-        except BaseException as error:  # handed to the caller, raised on its own thread
-            outcome.append((False, error))
-
-    thread = threading.Thread(target=run, name="torch-passing", daemon=True)
-    thread.start()
-    thread.join()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-passing") as pool:
+        return pool.submit(work).result()  # leaving the block joins the thread
