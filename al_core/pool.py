@@ -53,6 +53,12 @@ def labeled_class_quality(detector: Detector, labeled: Sequence[LabeledImage], b
     return class_quality(detect(detector, [s.path for s in labeled], batch_size), labeled, len(detector.class_names))
 
 
+def labeled_class_counts(labeled: Sequence[LabeledImage], num_classes: int) -> torch.Tensor:
+    """(C,) boxes of each class in the labeled images."""
+    labels = torch.cat([sample.labels for sample in labeled] or [torch.zeros(0)]).long()
+    return torch.bincount(labels, minlength=num_classes)[:num_classes]
+
+
 def check_needs(scorer: Scorer, detector: Detector, context: ScoringContext) -> None:
     if "loss_head" in scorer.needs and not detector.has_loss_head:
         raise ValueError(f"{scorer.name} needs a detector trained with a loss-prediction head")
@@ -62,12 +68,14 @@ def check_needs(scorer: Scorer, detector: Detector, context: ScoringContext) -> 
 
 def prepare_context(scorer: Scorer, detector: Detector, context: ScoringContext, batch_size: int = 16) -> None:
     """Checks what ``scorer`` needs and adds what it needs of the labeled images to ``context``:
-    their image features, the detector's per-class quality on them."""
+    their image features, the detector's per-class quality on them, their boxes of each class."""
     check_needs(scorer, detector, context)
     if context.labeled and context.labeled_features is None and scorer.needs & {"labeled_set", "image_features"}:
         context.labeled_features = image_features(detector, [s.path for s in context.labeled], batch_size)
     if context.labeled and context.class_quality is None and "class_quality" in scorer.needs:
         context.class_quality = labeled_class_quality(detector, context.labeled, batch_size)
+    if context.labeled and context.class_counts is None and "class_counts" in scorer.needs:
+        context.class_counts = labeled_class_counts(context.labeled, len(detector.class_names))
 
 
 def score_pool(

@@ -352,6 +352,7 @@ def _measure(oracle: _Oracle, detector: Detector, trained: Trained) -> dict:
         "held_out_images": len(trained.held_out),
         "map50": metrics["map50"],
         "map": metrics["map"],
+        "map50_per_class": metrics["map50_per_class"],  # where a strategy's mAP goes (bench/class_balance.py)
         "train_seconds": round(trained.result.seconds, 2),
         "epochs": trained.result.epochs,  # fewer than asked: stopped early on the held-out split
         "stopped_early": trained.result.stopped_early,

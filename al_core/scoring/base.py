@@ -31,6 +31,7 @@ NEEDS = frozenset(
         "gradients",
         "labeled_set",
         "class_quality",  # how well each class is learned, from the labeled images
+        "class_counts",  # the labeled images' boxes of each class
     }
 )
 
@@ -58,6 +59,7 @@ class ScoringContext:
     labeled: Sequence[LabeledImage] = ()
     labeled_features: torch.Tensor | None = None  # (M, D) image features of the labeled images
     class_quality: torch.Tensor | None = None  # (C,) how well each class is learned, in [0, 1]
+    class_counts: torch.Tensor | None = None  # (C,) boxes of each class in the labeled images
     budget: int = 100  # images to select; set-level scorers rank this many carefully
     display: Display | None = None  # what a person is shown (scorers may aggregate over it)
     seed: int = 0

@@ -64,13 +64,18 @@ class UncertaintyScorer(Scorer):
         self.fallback_candidates = fallback_candidates
         if aggregation == "class_balanced":
             self.needs = type(self).needs | {"class_quality"}
+        if aggregation == "inverse_frequency":
+            self.needs = type(self).needs | {"class_counts"}
 
     @staticmethod
     def box_values(q: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
-        return [self.score_detections(self.boxes_of(item.detections, context), context.class_quality) for item in batch]
+        return [
+            self.score_detections(self.boxes_of(item.detections, context), context.class_quality, context.class_counts)
+            for item in batch
+        ]
 
     def boxes_of(self, det: Detections, context: ScoringContext) -> Detections:
         """The boxes this scorer aggregates (see the module docstring); candidates stay."""
@@ -80,10 +85,12 @@ class UncertaintyScorer(Scorer):
             return (context.display or Display()).shown(det)
         return det.select(torch.argsort(det.scores, descending=True)[: self.boxes])
 
-    def score_detections(self, det: Detections, class_quality: torch.Tensor | None = None) -> ImageScore:
+    def score_detections(
+        self, det: Detections, class_quality: torch.Tensor | None = None, class_counts: torch.Tensor | None = None
+    ) -> ImageScore:
         if len(det):
             values = self.box_values(box_distributions(det))
-            value, normalized = aggregate(values, self.aggregation, det.scores, det.labels, class_quality)
+            value, normalized = aggregate(values, self.aggregation, det.scores, det.labels, class_quality, class_counts)
             return ImageScore(
                 value, normalized, self.name, self.aggregation, {"boxes": float(len(det))}, tuple(values.tolist())
             )

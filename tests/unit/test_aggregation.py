@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from al_core.scoring import AGGREGATIONS, create_scorer
-from al_core.scoring.aggregation import aggregate
+from al_core.scoring.aggregation import aggregate, inverse_frequency_weights
 from al_core.scoring.base import PoolImage, ScoringContext
 from al_core.scoring.class_quality import class_quality, difficulty_weights
 from al_core.scoring.uncertainty import entropy, least_confidence, margin
@@ -87,6 +87,28 @@ def test_class_balanced_weights_lie_in_1_to_1_2():
     values, labels = torch.tensor([0.5, 0.5]), torch.tensor([0, 1])
     value, _ = aggregate(values, "class_balanced", labels=labels, class_quality=torch.tensor([1.0, 0.0]))
     assert value == pytest.approx(0.5 * 1.0 + 0.5 * 1.2)
+
+
+def test_inverse_frequency_weighs_doubt_about_rare_classes_more():
+    counts = torch.tensor([17, 1, 0])  # 18 labeled boxes over 3 classes
+    weights = inverse_frequency_weights(counts, torch.tensor([0]))
+    assert weights.tolist() == pytest.approx([21 / (3 * 18), 21 / (3 * 2), 21 / 3])
+    values, labels = torch.tensor([0.5, 0.5]), torch.tensor([0, 2])
+    value, normalized = aggregate(values, "inverse_frequency", labels=labels, class_counts=counts)
+    assert value == pytest.approx((0.5 * 21 / 54 + 0.5 * 7) / 2)
+    assert normalized == pytest.approx(value / (1 + value))
+    even = aggregate(values, "inverse_frequency", labels=labels, class_counts=torch.tensor([5, 5, 5]))
+    assert even[0] == pytest.approx(0.5)  # an even labeled set weighs every class 1
+
+
+def test_inverse_frequency_ranks_the_rare_class_first_at_equal_doubt():
+    context = ScoringContext(class_counts=torch.tensor([40, 2]))
+    common, rare = det([0.5], labels=[0]), det([0.5], labels=[1])
+    scorer = create_scorer("entropy", aggregation="inverse_frequency")
+    first, second = scorer.score_batch([PoolImage(str(i), None, d) for i, d in enumerate((common, rare))], context)
+    assert second.value > first.value
+    unweighted = scorer.score_batch([PoolImage("0", None, common)], ScoringContext())[0]
+    assert unweighted.value == pytest.approx(1.0)  # no labeled counts: the plain mean
 
 
 def test_class_quality_is_the_mean_of_score_and_iou_over_positives():

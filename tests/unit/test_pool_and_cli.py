@@ -126,6 +126,16 @@ def test_weighted_combination_of_scorers(trained_detector, pool_folder):
         score_pool(trained_detector, paths, "weighted", {"weights": {}})
 
 
+def test_inverse_frequency_scoring_counts_the_labeled_boxes_of_each_class(trained_detector, shapes, pool_folder):
+    paths = sorted(str(p) for p in pool_folder.glob("*.png"))[:6]
+    labeled = shapes["train"][:12]
+    context = ScoringContext(labeled=labeled)
+    scored = score_pool(trained_detector, paths, "entropy", {"aggregation": "inverse_frequency"}, context)
+    expected = torch.bincount(torch.cat([s.labels for s in labeled]), minlength=3)
+    assert context.class_counts.tolist() == expected.tolist()
+    assert all(s.aggregation == "inverse_frequency" for s in scored.scores)
+
+
 def test_class_balanced_scoring_measures_class_quality_on_the_labeled_images(trained_detector, shapes, pool_folder):
     paths = sorted(str(p) for p in pool_folder.glob("*.png"))[:6]
     context = ScoringContext(labeled=shapes["train"][:12])

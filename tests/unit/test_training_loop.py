@@ -3,6 +3,7 @@ non-finite stop, COCO mAP, atomic model versions and refusing broken ones."""
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,21 @@ def test_coco_map_of_the_trained_checkpoint(trained_detector, shapes):
     metrics = evaluate(trained_detector, shapes["test"])
     assert metrics["map50"] > 0.8 and 0 < metrics["map"] <= metrics["map50"]
     assert evaluate(fresh(), shapes["test"])["map50"] < 0.05
+
+
+def test_per_class_ap_averages_to_the_map(trained_detector, shapes):
+    metrics = evaluate(trained_detector, shapes["test"])
+    per_class = metrics["map50_per_class"]
+    assert len(per_class) == len(trained_detector.class_names)
+    defined = [value for value in per_class if value is not None]
+    present = {int(label) for sample in shapes["test"] for label in sample.labels}
+    assert len(defined) == len(present)
+    assert abs(sum(defined) / len(defined) - metrics["map50"]) < 1e-9
+
+
+def test_per_class_ap_of_images_without_boxes_is_undefined(trained_detector, shapes):
+    empty = [replace(sample, boxes=sample.boxes[:0], labels=sample.labels[:0]) for sample in shapes["test"][:2]]
+    assert evaluate(trained_detector, empty)["map50_per_class"] == [None] * len(trained_detector.class_names)
 
 
 def test_versions_are_written_whole_or_not_at_all(tmp_path, monkeypatch):

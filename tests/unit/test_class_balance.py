@@ -1,0 +1,25 @@
+"""bench/class_balance.py: the rare/common split and each half's boxes and AP."""
+
+import pytest
+import torch
+
+from al_core.types import LabeledImage
+from bench.class_balance import halves, pool_shares, rare_classes
+
+
+def image(*labels):
+    return LabeledImage("x", torch.zeros(len(labels), 4), torch.tensor(labels))
+
+
+def test_rare_classes_are_those_below_the_median_share_of_the_pool():
+    pool = [image(0, 0, 0, 0), image(1, 1, 2), image(3)]
+    shares = pool_shares(pool, 4)
+    assert shares == pytest.approx([4 / 8, 2 / 8, 1 / 8, 1 / 8])
+    assert rare_classes(shares) == {2, 3}
+
+
+def test_halves_sum_boxes_and_average_the_defined_ap():
+    run = {"boxes_per_class": [10, 4, 1, 0], "ap50_per_class": [0.9, 0.7, 0.2, None]}
+    assert halves(run, {2, 3}) == pytest.approx(
+        {"rare_boxes": 1, "rare_ap50": 0.2, "common_boxes": 14, "common_ap50": 0.8}
+    )
