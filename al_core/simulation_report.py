@@ -114,6 +114,9 @@ def summary(rows: list[dict], baseline: str = "random") -> pd.DataFrame:
         final = last[last["strategy"] == strategy]
         boxes = final["labeled_boxes"] / final["labeled_images"] if "labeled_boxes" in final else None
         entry["boxes_per_image"] = None if boxes is None else float(boxes.mean())
+        # what a labeled box cost a person, opening and checking its image included
+        seconds = final["labeled_seconds"] / final["labeled_boxes"] if "labeled_seconds" in final else None
+        entry["seconds_per_box"] = None if seconds is None or seconds.isna().all() else float(seconds.mean())
         spearman = frame.loc[frame["strategy"] == strategy].get("loss_spearman")
         entry["loss_spearman"] = None if spearman is None or spearman.isna().all() else float(spearman.mean())
         entry["train_seconds_per_cycle"] = group["train_seconds"].mean()

@@ -91,6 +91,21 @@ def test_gains_at_equal_boxes_are_paired_by_seed_with_an_interval():
     assert entry["saved_images"] == pytest.approx(0.5) and entry["saved_boxes"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_seconds_per_box_carry_each_images_fixed_seconds():
+    rows = []
+    for strategy, per_image in (("random", 1), ("crowded", 2)):
+        for cycle in range(2):
+            images = 10 * (cycle + 1)
+            boxes = per_image * images
+            rows.append({"strategy": strategy, "seed": 0, "cycle": cycle, "labeled_images": images,
+                         "labeled_boxes": boxes, "labeled_seconds": 2.0 * images + 7.0 * boxes,
+                         "map50": 0.1 * cycle, "map": 0.0, "train_seconds": 1.0, "scoring_seconds": 0.5})  # fmt: skip
+    table = summary(rows).set_index("strategy")
+    # 2 s to open each image and 7 s per box: 9 s a box at one box an image, 8 s at two
+    assert table.loc["random", "seconds_per_box"] == pytest.approx(9.0)
+    assert table.loc["crowded", "seconds_per_box"] == pytest.approx(8.0)
+
+
 def test_report_lists_each_seeds_final_map_in_seed_order():
     rows = [
         {"strategy": "random", "seed": seed, "cycle": cycle, "labeled_images": 10 * (cycle + 1), "map50": value,
