@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--pretrained", default="backbone", choices=["none", "backbone", "coco"])
     train.add_argument("--loss-head", action="store_true", help="train a learning-loss head with the detector")
     train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--min-steps", type=int, default=0, help="fewest steps: epochs raised to reach them")
     train.add_argument("--batch-size", type=int, default=4)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
@@ -123,7 +124,9 @@ def train_command(args: argparse.Namespace) -> int:
     detector = Detector.create(
         args.detector, data.class_names, args.pretrained, device=device, loss_head=args.loss_head
     )
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
     train, held_out = split_held_out(data.images, args.held_out, seed=args.seed)
     result = train_detector(detector, train, config, held_out, show_progress=True, state_path=args.state)
     if not chief:

@@ -84,6 +84,7 @@ class SimulationConfig:
     image_size: int = 0
     epochs_first: int = 12
     epochs_per_cycle: int = 6
+    min_steps: int = 0  # TrainConfig.min_steps: each training takes at least this many steps
     fine_tune: bool = True
     batch_size: int = 4
     lr: float = 1e-3
@@ -289,7 +290,8 @@ def _cycle_labels(config: SimulationConfig, cycle: int, pool: list[LabeledImage]
 def _plan(config: SimulationConfig, strategy: StrategySpec, seed: int, cycle: int, pool, state: _Labels) -> CyclePlan:
     """The service's cycle under the simulation's protocol and this strategy."""
     epochs = config.epochs_first if cycle == 0 or not config.fine_tune else config.epochs_per_cycle
-    train = TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=seed + cycle, **strategy.train)
+    protocol = {"epochs": epochs, "batch_size": config.batch_size, "lr": config.lr, "min_steps": config.min_steps}
+    train = TrainConfig(**(protocol | strategy.train), seed=seed + cycle)  # a strategy's own fields win
     base = config.base_display()
     return CyclePlan(
         strategy.name,

@@ -63,6 +63,11 @@ class TrainConfig:
     early_stop_window: int = 3
     early_stop_delta: float = 0.002
     min_epochs: int = 4
+    # At least this many optimisation steps (epochs raised to reach them, at most max_epochs),
+    # before early stopping may end the run: a few epochs of a small labeled set are a few dozen
+    # steps, far from fitted (BENCHMARKS.md, "Too few steps"). 0: ``epochs`` as given.
+    min_steps: int = 0
+    max_epochs: int = 100
     # Learning loss (when the detector has a loss head): lambda of the pair ranking loss, its
     # margin, and the fraction of a detector's first training after which the head stops
     # sending gradient into the detector (0 = detached from the start; later trainings of the
@@ -152,7 +157,14 @@ def final_pass(config: TrainConfig, held_out_fraction: float) -> TrainConfig:
     learning just chose thus train the model that is served, while its mAP and calibration come
     from images it had not seen."""
     epochs = max(1, round(config.epochs * held_out_fraction))
-    return replace(config, epochs=epochs, lr=config.lr / 10, warmup_iters=0)
+    return replace(config, epochs=epochs, lr=config.lr / 10, warmup_iters=0, min_steps=0)
+
+
+def with_min_steps(config: TrainConfig, per_epoch: int) -> TrainConfig:
+    """``config`` with epochs (and the epochs before early stopping may stop) raised to give at
+    least ``min_steps`` steps of ``per_epoch`` each, at most ``max_epochs``."""
+    needed = min(math.ceil(config.min_steps / max(per_epoch, 1)), config.max_epochs)
+    return replace(config, epochs=max(config.epochs, needed), min_epochs=max(config.min_epochs, needed))
 
 
 def per_image_losses(detector: Detector, images, targets) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
@@ -263,7 +275,9 @@ def train_detector(
     if distributed and pseudo:
         raise ValueError("pseudo-labeled images train on one worker")
     loaders, sampler = _loaders(samples, pseudo, config, distributed)
-    total = config.epochs * sum(len(batches) for batches, _ in loaders)
+    per_epoch = sum(len(batches) for batches, _ in loaders)
+    config = with_min_steps(config, per_epoch)
+    total = config.epochs * per_epoch
     step = _Step(detector, config, distributed, total)
     chief = not distributed or dist.get_rank() == 0
     loop = LoopState(detector, step.optimizer, step.scheduler, config.epochs, total, chief)

@@ -214,6 +214,8 @@ def _plan(c: _Cycle) -> CyclePlan:
     settings, job = c.settings, c.job
     train = TrainConfig(
         epochs=job.params.get("epochs", settings.train_epochs),
+        min_steps=settings.train_min_steps,
+        max_epochs=settings.train_max_epochs,
         batch_size=settings.train_batch_size,
         lr=settings.train_lr,
         pseudo_weight=settings.self_labeling_weight,

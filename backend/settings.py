@@ -212,6 +212,16 @@ class Settings(BaseSettings):
     train_epochs: int = Field(
         default=12, description=("Most epochs of a training run (early stopping may end it sooner).")
     )
+    train_min_steps: int = Field(
+        default=300,
+        ge=0,
+        le=100_000,
+        description=(
+            "Fewest optimisation steps of a training run: its epochs are raised to reach them (at most "
+            'TRAIN_MAX_EPOCHS), and early stopping waits for them (BENCHMARKS.md, "Too few steps"). '
+            "0: TRAIN_EPOCHS as given."
+        ),
+    )
     train_max_epochs: int = Field(
         default=100, description=("Most `epochs` a /train request may ask for; more gets a 400 naming the limit.")
     )

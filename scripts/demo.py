@@ -102,6 +102,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--per-cycle", type=int, default=30, help="tasks the annotator labels per cycle")
     parser.add_argument("--epochs", type=int, default=12, help="most epochs per training run")
+    floor = Settings.model_fields["train_min_steps"].default
+    parser.add_argument("--min-steps", type=int, default=floor, help="fewest steps per training run (TRAIN_MIN_STEPS)")
     parser.add_argument("--dir", type=Path, default=ROOT / "data" / "demo", help="wiped and rebuilt on each run")
     parser.add_argument("--label-studio-port", type=int, default=int(os.environ.get("LABEL_STUDIO_PORT", 8080)))
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -182,6 +184,7 @@ def backend_env(ls_server, args: argparse.Namespace) -> dict:
         "BASIC_AUTH_PASS": BACKEND_PASSWORD,
         "TRAIN_MIN_NEW_ANNOTATIONS": str(args.per_cycle),
         "TRAIN_EPOCHS": str(args.epochs),
+        "TRAIN_MIN_STEPS": str(args.min_steps),
         "AL_BUDGET": str(args.per_cycle),
     }
 

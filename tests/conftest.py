@@ -189,7 +189,8 @@ def trained_detector(trained_checkpoint):
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:
-    values = {"data_dir": str(tmp_path / "state"), **overrides}
+    # Tests train tiny sets for a few epochs; the service's TRAIN_MIN_STEPS would make each 300 steps.
+    values = {"data_dir": str(tmp_path / "state"), "train_min_steps": 0, **overrides}
     return Settings(**values)
 
 

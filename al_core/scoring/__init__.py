@@ -3,7 +3,17 @@
 Each scorer's docstring cites its method and gives its formula.
 """
 
-from . import consistency, diversity, hierarchical, influence, simple, sl_al_ratio, tta, uncertainty  # noqa: F401
+from . import (  # noqa: F401
+    consistency,
+    diversity,
+    hierarchical,
+    influence,
+    simple,
+    sl_al_ratio,
+    tta,
+    typicality,
+    uncertainty,
+)
 from .aggregation import AGGREGATIONS
 from .base import SCORERS, PoolImage, Scorer, ScoringContext, create_scorer
 

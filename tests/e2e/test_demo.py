@@ -14,7 +14,7 @@ from ..label_studio_server import ROOT, free_port
 def test_demo_runs_cycles_and_says_where_everything_is(tmp_path):
     ls_port, port = free_port(), free_port()
     command = [sys.executable, "scripts/demo.py", "--images", "40", "--test-images", "20", "--cycles", "2"]
-    command += ["--per-cycle", "10", "--epochs", "4", "--dir", str(tmp_path / "demo")]
+    command += ["--per-cycle", "10", "--epochs", "4", "--min-steps", "0", "--dir", str(tmp_path / "demo")]
     command += ["--label-studio-port", str(ls_port), "--port", str(port)]
     command += ["--screenshot", str(tmp_path / "editor.png"), "--no-wait"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)

@@ -130,6 +130,7 @@ def test_a_backend_with_executor_ray_runs_its_cycle_on_the_cluster(
         "FETCH_ALLOW_HOSTS": f"127.0.0.1:{image_server.port}",
         "TRAIN_MIN_NEW_ANNOTATIONS": "1000",
         "TRAIN_EPOCHS": "2",
+        "TRAIN_MIN_STEPS": "0",
         "EXECUTOR": "ray",
         "RAY_ADDRESS": ray_cluster.address,
         "TRAIN_WORKERS": "2",

@@ -5,6 +5,7 @@ the annotation events; retention keeps what it says and deletes the rest."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +13,7 @@ from al_core.datasets import generate_shapes
 from al_core.datasets.label_studio_format import box_to_percent
 from al_core.versions import read_version
 from backend import cycle as cycle_module
+from backend.settings import Settings
 
 from ..conftest import LEGACY_TOKEN
 
@@ -209,3 +211,14 @@ def test_which_versions_retention_deletes(names, active, keep, deleted):
     from backend.retention import versions_to_delete
 
     assert versions_to_delete(names, active, keep) == deleted
+
+
+@pytest.mark.parametrize("min_steps, max_epochs", [(300, 100), (0, 40)])
+def test_the_cycle_trains_with_the_step_floor_and_epoch_cap_of_the_settings(tmp_path, min_steps, max_epochs):
+    settings = Settings(train_epochs=12, train_min_steps=min_steps, train_max_epochs=max_epochs)
+    job = SimpleNamespace(id="j1", params={"epochs": 5})
+    c = SimpleNamespace(settings=settings, job=job, strategy="entropy", run=SimpleNamespace(images=tmp_path / "i"))
+    c.thresholds = None
+    train = cycle_module._plan(c).train
+    assert (train.epochs, train.min_steps, train.max_epochs) == (5, min_steps, max_epochs)
+    assert Settings().train_min_steps == 300  # the service's default

@@ -3,6 +3,7 @@ report arithmetic, and the digit-canvas generator."""
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +13,20 @@ from al_core import cli
 from al_core.annotation_cost import CostModel
 from al_core.datasets import DigitCanvasConfig, generate_digit_canvases, read_dataset, write_digit_canvases
 from al_core.display import GRID, Display
-from al_core.simulation import FIXED_DISPLAY, SimulationConfig, StrategySpec, _label_chosen, select, simulate
+from al_core.simulation import (
+    FIXED_DISPLAY,
+    SimulationConfig,
+    StrategySpec,
+    _label_chosen,
+    _Labels,
+    _plan,
+    select,
+    simulate,
+)
 from al_core.simulation_report import markdown, reach, seconds_summary, summary, write_report
 from al_core.types import Detections, LabeledImage
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_digit_canvases_have_exact_boxes_a_long_tail_and_near_duplicates(tmp_path):
@@ -174,6 +186,23 @@ def test_bad_simulation_configs(tmp_path):
     path.write_text(yaml.safe_dump({"out_dir": "x", "dataset": {}, "strategies": ["random", "random"]}))
     with pytest.raises(ValueError, match="distinct"):
         SimulationConfig.load(path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "bench" / "simulation").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_benchmark_config_loads(path):
+    config = SimulationConfig.load(path)
+    assert config.strategies and config.seeds
+
+
+def test_a_strategys_training_fields_override_the_protocols(tmp_path):
+    raw = {"out_dir": "x", "dataset": {}, "min_steps": 300, "strategies": ["random"]}
+    raw["strategies"].append({"name": "random", "train": {"min_steps": 600}, "label": "longer"})
+    path = tmp_path / "steps.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = SimulationConfig.load(path)
+    plain, longer = (_plan(config, spec, 0, 0, [], _Labels([0], {}, [], spent=1.0)) for spec in config.strategies)
+    assert (plain.train.min_steps, longer.train.min_steps) == (300, 600)
+    assert plain.train.epochs == longer.train.epochs == config.epochs_first
 
 
 def test_the_chosen_images_work_counted_four_ways():

@@ -12,7 +12,15 @@ import torch
 from al_core.datasets import SHAPE_CLASSES
 from al_core.detectors import Detector
 from al_core.evaluation import evaluate
-from al_core.training import NonFiniteLoss, TrainConfig, plateaued, split_held_out, train_detector
+from al_core.training import (
+    NonFiniteLoss,
+    TrainConfig,
+    final_pass,
+    plateaued,
+    split_held_out,
+    train_detector,
+    with_min_steps,
+)
 from al_core.versions import read_version, write_version
 from backend.models import Models, VersionError
 from backend.store import Store
@@ -63,6 +71,27 @@ def test_early_stop_keeps_the_best_weights(shapes):
     assert result.stopped_early and result.epochs == 2 and len(result.history) == 2
     assert result.metrics["map"] == max(h["map"] for h in result.history)
     assert detector.version.trained
+
+
+def test_min_steps_raise_the_epochs_of_a_small_set_up_to_the_cap():
+    config = TrainConfig(epochs=12, min_epochs=4, min_steps=300, max_epochs=100)
+    small = with_min_steps(config, per_epoch=4)  # 13 images in batches of 4
+    assert (small.epochs, small.min_epochs) == (75, 75)  # early stopping waits for the 300 steps
+    large = with_min_steps(config, per_epoch=50)
+    assert (large.epochs, large.min_epochs) == (12, 6)  # 12 epochs are 600 steps already
+    assert with_min_steps(config, per_epoch=1).epochs == 100  # never past max_epochs
+    assert with_min_steps(TrainConfig(epochs=12), per_epoch=1) == TrainConfig(epochs=12)  # off by default
+    assert final_pass(config, 0.2).min_steps == 0  # the served model's short last pass stays short
+
+
+def test_min_steps_train_a_small_set_for_that_many_steps(shapes):
+    samples = shapes["train"][:8]  # 2 steps an epoch
+    plateau = {"min_epochs": 1, "early_stop_window": 1, "early_stop_delta": 1.0, "warmup_iters": 1}
+    result = train_detector(fresh(), samples, TrainConfig(epochs=6, **plateau), held_out=shapes["test"][:2])
+    assert result.epochs == 2 and result.stopped_early  # the plateau rule stops at its first chance
+    config = TrainConfig(epochs=1, min_steps=7, **plateau)
+    result = train_detector(fresh(), samples, config, held_out=shapes["test"][:2])
+    assert (result.epochs, result.iterations) == (4, 8)  # 4 epochs give the 7 steps; the rule waits
 
 
 def test_resume_continues_from_the_saved_epoch(shapes, tmp_path):
