@@ -83,6 +83,15 @@ def _saved(table: pd.DataFrame, strategy: str, baseline: str) -> float | None:
     return None if reached is None else 1 - reached / base["labeled"].iloc[-1]
 
 
+def _edits_per_box(frame: pd.DataFrame) -> float | None:
+    """Box edits a person makes reviewing every pre-annotated box of the images chosen for
+    people, per box they hold: how wrong the pre-annotations of a strategy's picks are."""
+    if "edits_full_review" not in frame or frame["edits_full_review"].isna().all():
+        return None
+    chosen = frame[frame["boxes_from_scratch"].fillna(0) > 0]
+    return float(chosen["edits_full_review"].sum() / chosen["boxes_from_scratch"].sum()) if len(chosen) else None
+
+
 def summary(rows: list[dict], baseline: str = "random") -> pd.DataFrame:
     """Per strategy: final mAP, and at equal images, boxes and seconds (where the rows count
     them) the mean gain over random paired by seed (``gain_<unit>``, with ``gain_<unit>_ci95``)
@@ -117,6 +126,7 @@ def summary(rows: list[dict], baseline: str = "random") -> pd.DataFrame:
         # what a labeled box cost a person, opening and checking its image included
         seconds = final["labeled_seconds"] / final["labeled_boxes"] if "labeled_seconds" in final else None
         entry["seconds_per_box"] = None if seconds is None or seconds.isna().all() else float(seconds.mean())
+        entry["edits_per_box"] = _edits_per_box(frame[frame["strategy"] == strategy])
         spearman = frame.loc[frame["strategy"] == strategy].get("loss_spearman")
         entry["loss_spearman"] = None if spearman is None or spearman.isna().all() else float(spearman.mean())
         entry["train_seconds_per_cycle"] = group["train_seconds"].mean()
@@ -159,6 +169,10 @@ def _gain_cell(entry: dict, unit: str) -> str:
     return f"{gain:+.2f}" + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if isinstance(interval, list) else "")
 
 
+def _number(value: float | None) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.2f}"
+
+
 def _saved_cell(entry: dict, unit: str) -> str:
     saved = entry.get(f"saved_{unit}")
     return "not reached" if saved is None or pd.isna(saved) else f"{100 * saved:.0f}%"
@@ -170,7 +184,8 @@ def markdown(rows: list[dict]) -> str:
     header = ["strategy", "final mAP@0.5", "per seed"]
     header += [f"gain over random at equal {unit} [95% CI]" for unit in units]
     header += [f"{unit} saved to reach random's final mAP" for unit in units]
-    header += ["boxes per labeled image", "loss head's Spearman on the pool", "train s/cycle", "scoring s/cycle"]
+    header += ["boxes per labeled image", "seconds per labeled box", "box edits per chosen box"]
+    header += ["loss head's Spearman on the pool", "train s/cycle", "scoring s/cycle"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for entry in table.to_dict("records"):
         spread = 0.0 if pd.isna(entry["final_map50_std"]) else 100 * entry["final_map50_std"]
@@ -178,8 +193,7 @@ def markdown(rows: list[dict]) -> str:
         cells = [entry["strategy"], f"{100 * entry['final_map50']:.1f} ± {spread:.1f}", seeds]
         cells += [_gain_cell(entry, unit) for unit in units] + [_saved_cell(entry, unit) for unit in units]
         rho = entry["loss_spearman"]
-        per_image = entry["boxes_per_image"]
-        cells += ["" if per_image is None or pd.isna(per_image) else f"{per_image:.2f}"]
+        cells += [_number(entry[key]) for key in ("boxes_per_image", "seconds_per_box", "edits_per_box")]
         cells += ["" if rho is None or pd.isna(rho) else f"{rho:+.2f}"]
         cells += [f"{entry['train_seconds_per_cycle']:.0f}", f"{entry['scoring_seconds_per_cycle']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")

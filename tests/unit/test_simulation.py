@@ -116,6 +116,21 @@ def test_seconds_per_box_carry_each_images_fixed_seconds():
     # 2 s to open each image and 7 s per box: 9 s a box at one box an image, 8 s at two
     assert table.loc["random", "seconds_per_box"] == pytest.approx(9.0)
     assert table.loc["crowded", "seconds_per_box"] == pytest.approx(8.0)
+    assert table.loc["random", "edits_per_box"] is None  # no review counted
+
+
+def test_edits_per_box_pool_the_chosen_images_of_every_seed():
+    rows = []
+    for strategy, edits in (("random", (1, 3)), ("doubtful", (4, 6))):
+        for seed, edited in enumerate(edits):
+            for cycle in range(2):
+                last = cycle == 1  # the last cycle chooses nothing
+                rows.append({"strategy": strategy, "seed": seed, "cycle": cycle, "labeled_images": 10 + cycle,
+                             "map50": 0.1 * cycle, "map": 0.0, "train_seconds": 1.0, "scoring_seconds": 0.5,
+                             "boxes_from_scratch": None if last else 10, "edits_full_review": None if last else edited})  # fmt: skip
+    table = summary(rows).set_index("strategy")
+    assert table.loc["random", "edits_per_box"] == pytest.approx(4 / 20)
+    assert table.loc["doubtful", "edits_per_box"] == pytest.approx(10 / 20)
 
 
 def test_report_lists_each_seeds_final_map_in_seed_order():
