@@ -10,6 +10,12 @@ gets a finite score.
 threshold (about a hundred on a weak model, so a mean over them counts boxes more than it
 measures doubt), the boxes a person is "shown" (the calibrated display), or the ``k`` highest
 scoring ones (an integer).
+
+``classes`` chooses, for sigmoid heads, whose doubt a box carries: its winning class's score
+("top", the two-state above), or every class's one-vs-all decision, the box's value being the
+most doubtful of them ("all"; Brust et al. 2018 score one-vs-all outputs class by class), so a
+box torn between two classes counts even when its winning score is high. Softmax heads already
+spread their distribution over every class; "all" changes nothing for them.
 """
 
 from __future__ import annotations
@@ -56,11 +62,16 @@ def margin(q: torch.Tensor) -> torch.Tensor:
 class UncertaintyScorer(Scorer):
     needs = frozenset({"trained_head", "class_probs"})
 
-    def __init__(self, aggregation: str = "mean", fallback_candidates: int = 10, boxes: str | int = "all"):
+    def __init__(
+        self, aggregation: str = "mean", fallback_candidates: int = 10, boxes: str | int = "all", classes: str = "top"
+    ):
         self.aggregation = check_aggregation(aggregation)
         if boxes not in ("all", "shown") and not (isinstance(boxes, int) and boxes > 0):
             raise ValueError(f"boxes is 'all', 'shown' or a positive number of boxes, got {boxes!r}")
+        if classes not in ("top", "all"):
+            raise ValueError(f"classes is 'top' or 'all', got {classes!r}")
         self.boxes = boxes
+        self.classes = classes
         self.fallback_candidates = fallback_candidates
         if aggregation == "class_balanced":
             self.needs = type(self).needs | {"class_quality"}
@@ -85,11 +96,18 @@ class UncertaintyScorer(Scorer):
             return (context.display or Display()).shown(det)
         return det.select(torch.argsort(det.scores, descending=True)[: self.boxes])
 
+    def values_of(self, det: Detections) -> torch.Tensor:
+        """(N,) per-box values in [0, 1] (see the module docstring for ``classes``)."""
+        if self.classes == "all" and det.probs_kind == "sigmoid" and det.class_probs is not None:
+            per_class = det.class_probs[:, 1:]  # column 0 is the background slot
+            return self.box_values(two_state(per_class)).max(dim=-1).values
+        return self.box_values(box_distributions(det))
+
     def score_detections(
         self, det: Detections, class_quality: torch.Tensor | None = None, class_counts: torch.Tensor | None = None
     ) -> ImageScore:
         if len(det):
-            values = self.box_values(box_distributions(det))
+            values = self.values_of(det)
             value, normalized = aggregate(values, self.aggregation, det.scores, det.labels, class_quality, class_counts)
             return ImageScore(
                 value, normalized, self.name, self.aggregation, {"boxes": float(len(det))}, tuple(values.tolist())

@@ -99,6 +99,25 @@ def test_uncertainty_over_the_shown_boxes_or_the_top_k():
         create_scorer("entropy", boxes="some")
 
 
+def test_one_vs_all_doubt_counts_a_box_torn_between_two_classes():
+    # Both boxes win their class at 0.9; the second also gives another class 0.5.
+    d = dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.9], [1, 2])
+    d.class_probs = torch.tensor([[0.0, 0.9, 0.02, 0.01], [0.0, 0.5, 0.9, 0.01]])
+    context = ScoringContext(display=Display(threshold=0.3))
+    top = create_scorer("entropy", boxes="shown").score_batch([PoolImage("a", None, d)], context)[0]
+    every = create_scorer("entropy", boxes="shown", classes="all").score_batch([PoolImage("a", None, d)], context)[0]
+    h = lambda p: -(p * torch.log(torch.tensor(p)) + (1 - p) * torch.log(torch.tensor(1 - p))) / torch.log(torch.tensor(2.0))  # noqa: E731
+    assert top.box_values == pytest.approx((float(h(0.9)), float(h(0.9))), abs=1e-5)
+    assert every.box_values == pytest.approx((float(h(0.9)), 1.0), abs=1e-5)  # 0.5 on class 1: the most doubt
+    assert every.value > top.value
+    # A softmax head's distribution already spans every class: nothing changes.
+    d.probs_kind = "softmax"
+    same = [create_scorer("entropy", boxes="shown", classes=c).score_batch([PoolImage("a", None, d)], context)[0] for c in ("top", "all")]
+    assert same[0].value == pytest.approx(same[1].value)
+    with pytest.raises(ValueError, match="classes"):
+        create_scorer("entropy", classes="some")
+
+
 def test_final_pass_is_short_and_slow():
     last = final_pass(TrainConfig(epochs=12, lr=1e-3, warmup_iters=50), 0.2)
     assert (last.epochs, last.lr, last.warmup_iters) == (2, pytest.approx(1e-4), 0)
