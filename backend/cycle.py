@@ -5,6 +5,7 @@ the cycle's exports (CSV for annotate.online, the selection as COCO, the cycle h
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -222,9 +223,7 @@ def _plan(c: _Cycle) -> CyclePlan:
         box_loss=settings.train_box_loss,
         emphasis=settings.train_emphasis,
     )
-    params = {}
-    if _aggregates(c.strategy):
-        params = {"aggregation": job.params.get("aggregation", settings.al_aggregation), "boxes": settings.boxes}
+    params = scorer_params(c.strategy, settings, job.params.get("aggregation", settings.al_aggregation))
     execution = Execution(
         settings.executor, settings.ray_address, settings.train_workers, settings.ray_replicas,
         settings.predict_batch_size,
@@ -480,8 +479,14 @@ def push(services: CycleServices, project: LabelStudioProject, predictions, vers
         )
 
 
-def _aggregates(strategy: str) -> bool:
-    return issubclass(SCORERS[strategy], UncertaintyScorer)
+def scorer_params(strategy: str, settings: Settings, aggregation: str) -> dict:
+    """The AL_* settings an uncertainty scorer takes (aggregation, boxes, classes), those its
+    signature names; other scorers take none."""
+    if not issubclass(SCORERS[strategy], UncertaintyScorer):
+        return {}
+    offered = {"aggregation": aggregation, "boxes": settings.boxes, "classes": settings.al_classes}
+    taken = inspect.signature(SCORERS[strategy]).parameters
+    return {name: value for name, value in offered.items() if name in taken}
 
 
 def _export(c: _Cycle, version: str, result: CycleResult, scored: list[ScoredTask]) -> None:

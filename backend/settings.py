@@ -265,6 +265,13 @@ class Settings(BaseSettings):
             "(what people see; the default matrix's best at equal seconds), or a number k (the k highest scoring)."
         ),
     )
+    al_classes: Literal["top", "all"] = Field(
+        default="top",
+        description=(
+            "Sigmoid heads (the CPU preset, FCOS, RetinaNet): a box's doubt is its winning score's (top) or its "
+            "most doubtful one-vs-all class decision (all). Softmax heads already weigh every class."
+        ),
+    )
     al_cost_aware: bool = Field(
         default=False,
         description=("Rank by informativeness per expected second of labeling (al_core.priority)."),

@@ -2,7 +2,9 @@ import re
 
 import pytest
 
+from al_core.scoring import create_scorer
 from backend.api_models import parse_project_id
+from backend.cycle import scorer_params
 from backend.settings import Settings
 
 from ..conftest import ROOT
@@ -36,6 +38,8 @@ def test_bad_settings_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="AL_BOXES: all, shown or a positive number"):
         Settings.load({"AL_BOXES": "some"})
     assert Settings.load({"AL_BOXES": "5"}).boxes == 5 and Settings.load({}).boxes == "shown"
+    with pytest.raises(ValueError, match="AL_CLASSES"):
+        Settings.load({"AL_CLASSES": "some"})
     rule = Settings.load({"AL_COST_AWARE": "true"}).priority
     assert rule.cost_aware and not rule.near_duplicates
 
@@ -120,3 +124,11 @@ def test_open_on_purpose_is_allowed_and_logged(tmp_path, untrained_detector, cap
     with caplog.at_level("WARNING"):
         create_app(settings, detector=untrained_detector)
     assert any("without authentication" in record.getMessage() for record in caplog.records)
+
+
+def test_uncertainty_scorers_take_the_al_settings_their_signature_names():
+    settings = Settings.load({"AL_CLASSES": "all", "AL_BOXES": "3"})
+    assert scorer_params("entropy", settings, "max") == {"aggregation": "max", "boxes": 3, "classes": "all"}
+    assert scorer_params("tta_disagreement", settings, "mean") == {"aggregation": "mean", "boxes": 3}
+    assert scorer_params("random", settings, "mean") == {}
+    create_scorer("tta_disagreement", **scorer_params("tta_disagreement", settings, "mean"))  # takes them all
