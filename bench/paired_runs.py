@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     entry = paired(tuple(args.base), tuple(args.other), tuple(args.labels))
+    if args.out:  # written first, so a reader that closes the output early loses nothing
+        args.out.write_text(json.dumps(entry, indent=1, default=float) + "\n")
+        print(f"wrote {args.out}")
     for unit in ("images", "boxes", "seconds"):
         gain, ci = entry.get(f"gain_{unit}"), entry.get(f"gain_{unit}_ci95")
         if gain is not None:
@@ -71,9 +74,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"at equal {unit}: {gain:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}] ({per_seed}); {saved} saved")
     print(f"final mAP@0.5: {100 * entry['final_map50']:.1f}; boxes per image {entry['boxes_per_image']:.2f}")
     print(per_cycle(paired_rows(tuple(args.base), tuple(args.other), tuple(args.labels))).to_string())
-    if args.out:
-        args.out.write_text(json.dumps(entry, indent=1, default=float) + "\n")
-        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
