@@ -1,6 +1,8 @@
 """The order people label in: per expected second, near copies last; and the expected seconds
 a display makes, counted by hand."""
 
+import math
+
 import pytest
 import torch
 
@@ -99,21 +101,27 @@ def test_uncertainty_over_the_shown_boxes_or_the_top_k():
         create_scorer("entropy", boxes="some")
 
 
+def binary_entropy(p: float) -> float:
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
 def test_one_vs_all_doubt_counts_a_box_torn_between_two_classes():
     # Both boxes win their class at 0.9; the second also gives another class 0.5.
     d = dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.9], [1, 2])
     d.class_probs = torch.tensor([[0.0, 0.9, 0.02, 0.01], [0.0, 0.5, 0.9, 0.01]])
     context = ScoringContext(display=Display(threshold=0.3))
-    top = create_scorer("entropy", boxes="shown").score_batch([PoolImage("a", None, d)], context)[0]
-    every = create_scorer("entropy", boxes="shown", classes="all").score_batch([PoolImage("a", None, d)], context)[0]
-    h = lambda p: -(p * torch.log(torch.tensor(p)) + (1 - p) * torch.log(torch.tensor(1 - p))) / torch.log(torch.tensor(2.0))  # noqa: E731
-    assert top.box_values == pytest.approx((float(h(0.9)), float(h(0.9))), abs=1e-5)
-    assert every.box_values == pytest.approx((float(h(0.9)), 1.0), abs=1e-5)  # 0.5 on class 1: the most doubt
+
+    def score(classes: str):
+        scorer = create_scorer("entropy", boxes="shown", classes=classes)
+        return scorer.score_batch([PoolImage("a", None, d)], context)[0]
+
+    top, every = score("top"), score("all")
+    assert top.box_values == pytest.approx((binary_entropy(0.9), binary_entropy(0.9)), abs=1e-5)
+    assert every.box_values == pytest.approx((binary_entropy(0.9), 1.0), abs=1e-5)  # 0.5: the most doubt
     assert every.value > top.value
     # A softmax head's distribution already spans every class: nothing changes.
     d.probs_kind = "softmax"
-    same = [create_scorer("entropy", boxes="shown", classes=c).score_batch([PoolImage("a", None, d)], context)[0] for c in ("top", "all")]
-    assert same[0].value == pytest.approx(same[1].value)
+    assert score("top").value == pytest.approx(score("all").value)
     with pytest.raises(ValueError, match="classes"):
         create_scorer("entropy", classes="some")
 
