@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import sys
 from pathlib import Path
@@ -66,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--config", required=True, help="a YAML file; see bench/simulation/")
     simulate.add_argument("--out-dir", help="overrides the config's out_dir")
     simulate.add_argument("--seeds", type=int, nargs="+", help="overrides the config's seeds")
+    simulate.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from out_dir's results.json, running nothing"
+    )
     return parser
 
 
@@ -75,7 +79,11 @@ def simulate_command(args: argparse.Namespace) -> int:
 
     config = SimulationConfig.load(args.config, out_dir=args.out_dir, seeds=args.seeds)
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-    rows = simulate(config)
+    if args.report_only:
+        rows = json.loads((Path(config.out_dir) / "results.json").read_text())
+        rows = [row for row in rows if row["seed"] in config.seeds]
+    else:
+        rows = simulate(config)
     cost = config.cost_model().describe()
     paths = write_report(rows, config.out_dir, cost)
     print(markdown(rows))

@@ -86,10 +86,11 @@ def _saved(table: pd.DataFrame, strategy: str, baseline: str) -> float | None:
 def _edits_per_box(frame: pd.DataFrame) -> float | None:
     """Box edits a person makes reviewing every pre-annotated box of the images chosen for
     people, per box they hold: how wrong the pre-annotations of a strategy's picks are."""
-    if "edits_full_review" not in frame or frame["edits_full_review"].isna().all():
+    if "edits_full_review" not in frame:
         return None
-    chosen = frame[frame["boxes_from_scratch"].fillna(0) > 0]
-    return float(chosen["edits_full_review"].sum() / chosen["boxes_from_scratch"].sum()) if len(chosen) else None
+    reviewed = frame.dropna(subset=["edits_full_review", "boxes_from_scratch"])  # the last cycle chooses none
+    boxes = reviewed["boxes_from_scratch"].sum()
+    return float(reviewed["edits_full_review"].sum() / boxes) if boxes > 0 else None
 
 
 def summary(rows: list[dict], baseline: str = "random") -> pd.DataFrame:

@@ -122,15 +122,15 @@ def test_seconds_per_box_carry_each_images_fixed_seconds():
 def test_edits_per_box_pool_the_chosen_images_of_every_seed():
     rows = []
     for strategy, edits in (("random", (1, 3)), ("doubtful", (4, 6))):
-        for seed, edited in enumerate(edits):
-            for cycle in range(2):
-                last = cycle == 1  # the last cycle chooses nothing
+        for seed, first in enumerate(edits):
+            # cycle 1 chose only empty images (2 wrong boxes deleted); cycle 2, the last, chose nothing
+            for cycle, boxes, edited in ((0, 10, first), (1, 0, 2), (2, None, None)):
                 rows.append({"strategy": strategy, "seed": seed, "cycle": cycle, "labeled_images": 10 + cycle,
                              "map50": 0.1 * cycle, "map": 0.0, "train_seconds": 1.0, "scoring_seconds": 0.5,
-                             "boxes_from_scratch": None if last else 10, "edits_full_review": None if last else edited})  # fmt: skip
+                             "boxes_from_scratch": boxes, "edits_full_review": edited})  # fmt: skip
     table = summary(rows).set_index("strategy")
-    assert table.loc["random", "edits_per_box"] == pytest.approx(4 / 20)
-    assert table.loc["doubtful", "edits_per_box"] == pytest.approx(10 / 20)
+    assert table.loc["random", "edits_per_box"] == pytest.approx((4 + 4) / 20)
+    assert table.loc["doubtful", "edits_per_box"] == pytest.approx((10 + 4) / 20)
 
 
 def test_report_lists_each_seeds_final_map_in_seed_order():
@@ -171,6 +171,11 @@ def test_simulation_smoke_runs_resumes_and_reports(tmp_path):
     assert all(0 <= r["map50"] <= 1 for r in rows)
     assert rows[1]["rule"] == "random" and rows[4]["rule"] == "entropy"
     assert (out / "map_vs_labels.png").stat().st_size > 1000 and "| random |" in (out / "report.md").read_text()
+    # The report again from results.json alone, running nothing; without results, a clear error.
+    (out / "report.md").unlink()
+    assert cli.main(["simulate", "--config", str(config_file), "--report-only"]) == 0
+    assert "| entropy |" in (out / "report.md").read_text() and json.loads((out / "results.json").read_text()) == rows
+    assert cli.main(["simulate", "--config", str(config_file), "--report-only", "--out-dir", str(tmp_path)]) == 2
     assert "Cost model: 2 s per image opened, 7 s per box drawn" in (out / "report.md").read_text()
     for run in (rows[:3], rows[3:]):  # each run's human seconds add up, cycle by cycle
         assert run[0]["labeled_seconds"] == pytest.approx(2 * 6 + 7 * run[0]["labeled_boxes"], abs=0.1)
