@@ -35,6 +35,7 @@ from .types import LabeledImage
 
 # Today's display before calibration, the reference the calibrated one is measured against:
 # boxes from 0.3, certain from 0.7, the detector's per-class NMS only.
+ORACLE_RANKINGS = ("edit_rate", "edits_per_second")
 FIXED_DISPLAY = Display(threshold=0.3, certain=0.7, nms_iou=1.0)
 SPEARMAN_SAMPLE = 64  # unlabeled images on which the loss head's ranking is checked each cycle
 
@@ -53,6 +54,9 @@ class StrategySpec:
     # al_core.priority's rule: {"cost_aware": true} ranks per expected second, and
     # {"near_duplicates": true} pushes near copies of a chosen or labeled image to the end.
     priority: dict = field(default_factory=dict)
+    # A diagnostic, not a strategy a service can run: rank by the model's true errors on each
+    # image (ORACLE_RANKINGS), the scorer's ranking breaking ties. "": the scorer ranks.
+    oracle: str = ""
 
     def fixed_display(self, base: Display) -> Display | None:
         """The display this strategy fixes with "certain"/"uncertain", or None (calibrated)."""
@@ -136,6 +140,8 @@ class SimulationConfig:
                 raise ValueError(f"{spec.key}: unknown cooperation options {sorted(unknown)}")
             spec.fixed_display(self.base_display())  # checks the thresholds
             PriorityRule(**spec.priority)
+            if spec.oracle and spec.oracle not in ORACLE_RANKINGS:
+                raise ValueError(f"{spec.key}: oracle is one of {ORACLE_RANKINGS}, got {spec.oracle!r}")
         self.cost_model()
         unknown = set(self.display) - {"nms_iou", "max_boxes", "precision_target"}
         if unknown:
@@ -381,6 +387,8 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
         predicted = [image.detections.predicted_loss for image in sample]
         row["loss_spearman"] = loss_spearman(result.detector, [pool[index[s.path]] for s in sample], predicted)
     ranked = [index[image.path] for image in result.for_people]
+    if strategy.oracle:
+        ranked = oracle_order(ranked, pool, detections, display, cost, strategy.oracle)
     box_level = bool(strategy.cooperation.get("box_level"))
     price = _price(pool, detections, display, cost, box_level)
     chosen = select(ranked, pool, config.per_cycle, config.budget_unit, price)
@@ -392,6 +400,22 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
     left = {image.path: image.shown for image in result.scored if index[image.path] not in bought}
     pseudo = pseudo_labels(left, display.certainty(), self_labeling) if self_labeling else []
     return _Labels(sorted(state.labeled + chosen), labels, pseudo, spent=spent)
+
+
+def oracle_order(ranked: list[int], pool, detections, display: Display, cost: CostModel, key: str) -> list[int]:
+    """``ranked`` re-ordered by the model's true errors on each image, most first; ties keep
+    their order. "edit_rate": the share of the image's box actions (every shown box reviewed)
+    that are edits, the truth behind a mean doubt over the shown boxes; "edits_per_second":
+    edits per second of labeling, the truth behind ranking doubt per expected second."""
+
+    def errors(index: int) -> float:
+        shown = display.shown(detections[pool[index].path])
+        edits, _ = oracle_edits(shown, pool[index], display.certainty(), cooperative=False)
+        if key == "edits_per_second":
+            return edits.edits / cost.seconds(edits)
+        return edits.edits / max(1, edits.edits + edits.checked)
+
+    return sorted(ranked, key=errors, reverse=True)  # a stable sort: ties keep the scorer's order
 
 
 def _images_per_cycle(config: SimulationConfig, pool, labeled: list[int], spent: float) -> int:

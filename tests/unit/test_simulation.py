@@ -20,6 +20,7 @@ from al_core.simulation import (
     _label_chosen,
     _Labels,
     _plan,
+    oracle_order,
     select,
     simulate,
 )
@@ -206,6 +207,9 @@ def test_bad_simulation_configs(tmp_path):
     path.write_text(yaml.safe_dump({"out_dir": "x", "dataset": {}, "strategies": ["random", "random"]}))
     with pytest.raises(ValueError, match="distinct"):
         SimulationConfig.load(path)
+    path.write_text(yaml.safe_dump({"out_dir": "x", "dataset": {}, "strategies": [{"name": "random", "oracle": "x"}]}))
+    with pytest.raises(ValueError, match="oracle is one of"):
+        SimulationConfig.load(path)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "bench" / "simulation").glob("*.yaml")), ids=lambda p: p.name)
@@ -240,6 +244,21 @@ def test_the_chosen_images_work_counted_four_ways():
     assert work["seconds_from_scratch"] == pytest.approx(16)
     assert work["cooperative_accepted_boxes"] == 1 and work["cooperative_wrong_boxes_kept"] == 0
     assert labels[0] is truth and FIXED_DISPLAY.nms_iou == 1.0
+
+
+def test_the_oracle_ranks_by_the_models_true_errors_and_keeps_ties_in_order():
+    box, far = [0.0, 0, 20, 20], [40.0, 40, 60, 60]
+    truths = [LabeledImage(name, torch.tensor([box, far]), torch.tensor([0, 1])) for name in "abcd"]
+    shown = {  # a: both right; b: one of two missed; c: one right, one wrong class; d: both right
+        "a": Detections(torch.tensor([box, far]), torch.tensor([0, 1]), torch.tensor([0.9, 0.9]), (100, 100)),
+        "b": Detections(torch.tensor([box]), torch.tensor([0]), torch.tensor([0.9]), (100, 100)),
+        "c": Detections(torch.tensor([box, far]), torch.tensor([0, 2]), torch.tensor([0.9, 0.9]), (100, 100)),
+        "d": Detections(torch.tensor([box, far]), torch.tensor([0, 1]), torch.tensor([0.9, 0.9]), (100, 100)),
+    }
+    display, cost = Display(threshold=0.3, certain=0.8), CostModel()
+    # edit rates: a 0, b 1/2, c 1/2, d 0; per second: b 1/(2 + 1.6 + 7), c 1/(2 + 1.6 + 4)
+    assert oracle_order([3, 0, 1, 2], truths, shown, display, cost, "edit_rate") == [1, 2, 3, 0]
+    assert oracle_order([3, 0, 1, 2], truths, shown, display, cost, "edits_per_second") == [2, 1, 3, 0]
 
 
 def test_seconds_summary_hand_computed():
