@@ -93,12 +93,14 @@ class Display:
         box's score stands in for q before calibration."""
         candidates = _after_nms(detections, self)
         shown = replace(self, nms_iou=1.0).shown(candidates)  # NMS once
-        q = self._right_probability(shown.scores)
-        hidden = float(self._right_probability(candidates.scores).sum() - q.sum())
+        q = self.right_probability(shown.scores)
+        hidden = float(self.right_probability(candidates.scores).sum() - q.sum())
         checked = float((q * cost.verify + (1 - q) * cost.delete).sum())
         return round(cost.open_image + checked + max(hidden, 0.0) * cost.draw, 2)
 
-    def _right_probability(self, scores: torch.Tensor) -> torch.Tensor:
+    def right_probability(self, scores: torch.Tensor) -> torch.Tensor:
+        """Each score's chance that its box is right: its decile's held-out precision, or the
+        score itself before calibration."""
         if not self.precision:
             return scores.clamp(0, 1)
         bins = (scores * PRECISION_BINS).long().clamp(0, PRECISION_BINS - 1)

@@ -16,6 +16,11 @@ scoring ones (an integer).
 most doubtful of them ("all"; Brust et al. 2018 score one-vs-all outputs class by class), so a
 box torn between two classes counts even when its winning score is high. Softmax heads already
 spread their distribution over every class; "all" changes nothing for them.
+
+``weight="right"`` multiplies each box's doubt by the display's estimate that the box is right
+(its score decile's held-out precision), so doubt a person will confirm in a glance weighs more
+than doubt about a box that is probably wrong. ``bench/simulation/oracle_errors.yaml`` motivates
+it: ranking by the model's true errors loses to the mean doubt at equal seconds.
 """
 
 from __future__ import annotations
@@ -63,13 +68,21 @@ class UncertaintyScorer(Scorer):
     needs = frozenset({"trained_head", "class_probs"})
 
     def __init__(
-        self, aggregation: str = "mean", fallback_candidates: int = 10, boxes: str | int = "all", classes: str = "top"
+        self,
+        aggregation: str = "mean",
+        fallback_candidates: int = 10,
+        boxes: str | int = "all",
+        classes: str = "top",
+        weight: str = "none",
     ):
         self.aggregation = check_aggregation(aggregation)
         if boxes not in ("all", "shown") and not (isinstance(boxes, int) and boxes > 0):
             raise ValueError(f"boxes is 'all', 'shown' or a positive number of boxes, got {boxes!r}")
         if classes not in ("top", "all"):
             raise ValueError(f"classes is 'top' or 'all', got {classes!r}")
+        if weight not in ("none", "right"):
+            raise ValueError(f"weight is 'none' or 'right', got {weight!r}")
+        self.weight = weight
         self.boxes = boxes
         self.classes = classes
         self.fallback_candidates = fallback_candidates
@@ -83,10 +96,12 @@ class UncertaintyScorer(Scorer):
         raise NotImplementedError
 
     def score_batch(self, batch: Sequence[PoolImage], context: ScoringContext) -> list[ImageScore]:
-        return [
-            self.score_detections(self.boxes_of(item.detections, context), context.class_quality, context.class_counts)
-            for item in batch
-        ]
+        scores = []
+        for item in batch:
+            det = self.boxes_of(item.detections, context)
+            weights = (context.display or Display()).right_probability(det.scores) if self.weight == "right" else None
+            scores.append(self.score_detections(det, context.class_quality, context.class_counts, weights))
+        return scores
 
     def boxes_of(self, det: Detections, context: ScoringContext) -> Detections:
         """The boxes this scorer aggregates (see the module docstring); candidates stay."""
@@ -104,10 +119,14 @@ class UncertaintyScorer(Scorer):
         return self.box_values(box_distributions(det))
 
     def score_detections(
-        self, det: Detections, class_quality: torch.Tensor | None = None, class_counts: torch.Tensor | None = None
+        self,
+        det: Detections,
+        class_quality: torch.Tensor | None = None,
+        class_counts: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> ImageScore:
         if len(det):
-            values = self.values_of(det)
+            values = self.values_of(det) if weights is None else self.values_of(det) * weights
             value, normalized = aggregate(values, self.aggregation, det.scores, det.labels, class_quality, class_counts)
             return ImageScore(
                 value, normalized, self.name, self.aggregation, {"boxes": float(len(det))}, tuple(values.tolist())

@@ -126,6 +126,21 @@ def test_one_vs_all_doubt_counts_a_box_torn_between_two_classes():
         create_scorer("entropy", classes="some")
 
 
+def test_doubt_weighted_by_the_chance_its_box_is_right():
+    # Two shown boxes at 0.45 and 0.85; held-out precision 0.4 in the 0.4 decile, 0.9 in the 0.8 one.
+    d = dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.45, 0.85])
+    precision = (0.0, 0.0, 0.0, 0.1, 0.4, 0.5, 0.6, 0.8, 0.9, 1.0)
+    context = ScoringContext(display=Display(threshold=0.3, precision=precision))
+    plain = create_scorer("entropy", boxes="shown").score_batch([PoolImage("a", None, d)], context)[0]
+    right = create_scorer("entropy", boxes="shown", weight="right").score_batch([PoolImage("a", None, d)], context)[0]
+    expected = (0.4 * binary_entropy(0.45) + 0.9 * binary_entropy(0.85)) / 2
+    assert right.value == pytest.approx(expected, abs=1e-5)
+    assert right.box_values == pytest.approx((0.4 * binary_entropy(0.45), 0.9 * binary_entropy(0.85)), abs=1e-5)
+    assert plain.value == pytest.approx((binary_entropy(0.45) + binary_entropy(0.85)) / 2, abs=1e-5)
+    with pytest.raises(ValueError, match="weight"):
+        create_scorer("entropy", weight="some")
+
+
 def test_final_pass_is_short_and_slow():
     last = final_pass(TrainConfig(epochs=12, lr=1e-3, warmup_iters=50), 0.2)
     assert (last.epochs, last.lr, last.warmup_iters) == (2, pytest.approx(1e-4), 0)
