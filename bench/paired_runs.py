@@ -45,7 +45,8 @@ def paired_rows(base: tuple[str, str], other: tuple[str, str], labels: tuple[str
 def paired(base: tuple[str, str], other: tuple[str, str], labels: tuple[str, str]) -> dict:
     """The summary entry of ``other`` against ``base`` (each a run folder and a strategy)."""
     table = summary(paired_rows(base, other, labels), baseline=labels[0])
-    return table[table["strategy"] == labels[1]].iloc[0].to_dict()
+    entry = table[table["strategy"] == labels[1]].iloc[0].to_dict()
+    return {key: None if value != value else value for key, value in entry.items()}  # NaN (not reached): None
 
 
 def per_cycle(rows: list[dict]) -> pd.DataFrame:
