@@ -469,6 +469,9 @@ def _label_chosen(chosen, pool, detections, display, cost, strategy, labels) -> 
         "chosen": len(chosen),
         "boxes_from_scratch": review.from_scratch,
         "edits_full_review": review.edits,
+        "edits_added": review.added,  # its kinds: objects the model missed, drawn
+        "edits_removed": review.removed,  # wrong boxes deleted
+        "edits_corrected": review.corrected,  # right object, wrong class or loose box
         "edits_cooperative": cooperative.edits,
         "edits_fixed_threshold": fixed.edits,
         "cooperative_accepted_boxes": accepted,

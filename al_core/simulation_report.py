@@ -212,6 +212,9 @@ EFFORT = {  # row field -> column title; summed over a run's cycles, then averag
     "chosen": "images given to people",
     "boxes_from_scratch": "boxes drawn from scratch",
     "edits_full_review": "box edits, every shown box reviewed",
+    "edits_added": "of them: missed objects drawn",
+    "edits_removed": "wrong boxes deleted",
+    "edits_corrected": "boxes corrected",
     "edits_cooperative": "box edits, only uncertain boxes reviewed",
     "cooperative_accepted_boxes": "certain boxes accepted unseen",
     "cooperative_wrong_boxes_kept": "wrong certain boxes accepted unseen",
@@ -226,7 +229,8 @@ def effort(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if "edits_cooperative" not in frame:
         return pd.DataFrame()
-    per_run = frame.groupby(["strategy", "seed"])[list(EFFORT)].sum(min_count=1)
+    present = [key for key in EFFORT if key in frame]  # runs before a column was added lack it
+    per_run = frame.groupby(["strategy", "seed"])[present].sum(min_count=1)
     per_run["pseudo_precision"] = frame.groupby(["strategy", "seed"])["pseudo_precision"].mean()
     return per_run.groupby("strategy").mean().reset_index()
 
@@ -239,7 +243,7 @@ def effort_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for row in table.itertuples(index=False):
         values = row._asdict()
-        cells = [values["strategy"]] + [f"{values[key]:.0f}" for key in EFFORT]
+        cells = [values["strategy"]] + ["" if pd.isna(values.get(key)) else f"{values[key]:.0f}" for key in EFFORT]
         precision = values["pseudo_precision"]
         cells.append("" if pd.isna(precision) else f"{100 * precision:.0f}%")
         lines.append("| " + " | ".join(cells) + " |")

@@ -24,7 +24,7 @@ from al_core.simulation import (
     select,
     simulate,
 )
-from al_core.simulation_report import markdown, reach, seconds_summary, summary, write_report
+from al_core.simulation_report import effort_markdown, markdown, reach, seconds_summary, summary, write_report
 from al_core.types import Detections, LabeledImage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,6 +132,19 @@ def test_edits_per_box_pool_the_chosen_images_of_every_seed():
     table = summary(rows).set_index("strategy")
     assert table.loc["random", "edits_per_box"] == pytest.approx((4 + 4) / 20)
     assert table.loc["doubtful", "edits_per_box"] == pytest.approx((10 + 4) / 20)
+
+
+def test_the_effort_table_splits_the_edits_and_reads_runs_made_before_the_split():
+    common = {"chosen": 3, "boxes_from_scratch": 5, "edits_full_review": 4, "edits_cooperative": 4,
+              "cooperative_accepted_boxes": 0, "cooperative_wrong_boxes_kept": 0, "pseudo_images": 0,
+              "pseudo_precision": None}  # fmt: skip
+    split = {"edits_added": 2, "edits_removed": 1, "edits_corrected": 1}
+    rows = [{"strategy": "new", "seed": 0, **common, **split}, {"strategy": "old", "seed": 0, **common}]
+    lines = effort_markdown(rows).splitlines()
+    assert "missed objects drawn" in lines[0]
+    assert lines[2] == "| new | 3 | 5 | 4 | 2 | 1 | 1 | 4 | 0 | 0 | 0 |  |"
+    assert lines[3] == "| old | 3 | 5 | 4 |  |  |  | 4 | 0 | 0 | 0 |  |"
+    assert "missed objects drawn" in effort_markdown(rows[1:])  # a run from before the split alone
 
 
 def test_report_lists_each_seeds_final_map_in_seed_order():
@@ -243,6 +256,8 @@ def test_the_chosen_images_work_counted_four_ways():
     assert work["seconds_fixed_threshold"] == pytest.approx(2 + 1.6 + 2 * 2 + 7)
     assert work["seconds_from_scratch"] == pytest.approx(16)
     assert work["cooperative_accepted_boxes"] == 1 and work["cooperative_wrong_boxes_kept"] == 0
+    assert (work["edits_added"], work["edits_removed"], work["edits_corrected"]) == (1, 0, 0)
+    assert work["edits_full_review"] == 1
     assert labels[0] is truth and FIXED_DISPLAY.nms_iou == 1.0
 
 
