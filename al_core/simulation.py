@@ -33,9 +33,9 @@ from .scoring import SCORERS
 from .training import TrainConfig, loss_spearman
 from .types import LabeledImage
 
+ORACLE_RANKINGS = ("edit_rate", "edits_per_second")  # StrategySpec.oracle: see oracle_order
 # Today's display before calibration, the reference the calibrated one is measured against:
 # boxes from 0.3, certain from 0.7, the detector's per-class NMS only.
-ORACLE_RANKINGS = ("edit_rate", "edits_per_second")
 FIXED_DISPLAY = Display(threshold=0.3, certain=0.7, nms_iou=1.0)
 SPEARMAN_SAMPLE = 64  # unlabeled images on which the loss head's ranking is checked each cycle
 

@@ -34,12 +34,13 @@ def strategy_rows(run_dir: str | Path, strategy: str, label: str) -> list[dict]:
 
 
 def paired_rows(base: tuple[str, str], other: tuple[str, str], labels: tuple[str, str]) -> list[dict]:
-    """Both strategies' rows, renamed ``labels``, on the seeds the baseline has."""
+    """Both strategies' rows, renamed ``labels``, on the seeds both have (so the mean curves
+    behind the cost saved cover the same seeds as the paired gains)."""
     if labels[0] == labels[1]:
         raise ValueError("give the two strategies distinct labels (--as)")
     rows = strategy_rows(*base, labels[0]) + strategy_rows(*other, labels[1])
-    seeds = {row["seed"] for row in rows if row["strategy"] == labels[0]}
-    return [row for row in rows if row["seed"] in seeds]
+    seeds = [{row["seed"] for row in rows if row["strategy"] == label} for label in labels]
+    return [row for row in rows if row["seed"] in seeds[0] & seeds[1]]
 
 
 def paired(base: tuple[str, str], other: tuple[str, str], labels: tuple[str, str]) -> dict:

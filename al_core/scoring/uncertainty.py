@@ -19,8 +19,9 @@ spread their distribution over every class; "all" changes nothing for them.
 
 ``weight="right"`` multiplies each box's doubt by the display's estimate that the box is right
 (its score decile's held-out precision), so doubt a person will confirm in a glance weighs more
-than doubt about a box that is probably wrong. ``bench/simulation/oracle_errors.yaml`` motivates
-it: ranking by the model's true errors loses to the mean doubt at equal seconds.
+than doubt about a box that is probably wrong. Measured with a fitted model
+(``bench/simulation/fitted_candidates_c.yaml``), it lowers the edits and loses to the plain
+mean at equal seconds, so it is off by default.
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ class UncertaintyScorer(Scorer):
         weights: torch.Tensor | None = None,
     ) -> ImageScore:
         if len(det):
-            values = self.values_of(det) if weights is None else self.values_of(det) * weights
+            values = self.values_of(det)
+            if weights is not None:
+                values = values * weights
             value, normalized = aggregate(values, self.aggregation, det.scores, det.labels, class_quality, class_counts)
             return ImageScore(
                 value, normalized, self.name, self.aggregation, {"boxes": float(len(det))}, tuple(values.tolist())
