@@ -47,7 +47,9 @@ def test_two_runs_paired_give_what_one_run_gives(tmp_path):
     same = paired((str(other), "random"), (str(other), "random"), ("a", "b"))
     assert same["saved_seconds"] == pytest.approx(0.0)
     fewer = paired((str(other), "random"), (str(base), "random"), ("longer", "plain"))
-    assert fewer["seeds"] == 3 and {row["seed"] for row in paired_rows((str(other), "random"), (str(base), "random"), ("x", "y"))} == {0, 1, 2}
+    assert fewer["seeds"] == 3 and {
+        row["seed"] for row in paired_rows((str(other), "random"), (str(base), "random"), ("x", "y"))
+    } == {0, 1, 2}
     assert entry["gain_boxes_per_seed"] == pytest.approx([3.0, 3.0, 3.0])
     one_run = summary(rows("random", 0.0) + rows("entropy", 3.0))
     expected = one_run[one_run["strategy"] == "entropy"].iloc[0]
