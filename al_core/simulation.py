@@ -31,7 +31,7 @@ from .evaluation import evaluate
 from .priority import PriorityRule
 from .scoring import SCORERS
 from .training import TrainConfig, loss_spearman
-from .types import LabeledImage
+from .types import Detections, LabeledImage
 
 ORACLE_RANKINGS = ("edit_rate", "edits_per_second")  # StrategySpec.oracle: see oracle_order
 # Today's display before calibration, the reference the calibrated one is measured against:
@@ -395,11 +395,22 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
     work, labels = _label_chosen(chosen, pool, detections, display, cost, strategy, state.labels)
     row.update(work)
     spent = state.spent + work["seconds_cooperative" if box_level else "seconds_with_preannotations"]
-    self_labeling = int(strategy.cooperation.get("self_labeling", 0))
     bought = set(chosen)
     left = {image.path: image.shown for image in result.scored if index[image.path] not in bought}
-    pseudo = pseudo_labels(left, display.certainty(), self_labeling) if self_labeling else []
+    pseudo = self_labels(left, display, strategy, config.base_display())
     return _Labels(sorted(state.labeled + chosen), labels, pseudo, spent=spent)
+
+
+def self_labels(
+    left: dict[str, Detections], display: Display, strategy: StrategySpec, base: Display
+) -> list[LabeledImage]:
+    """CEAL's pseudo-labels (al_core.cooperation) among the images ``left``, if the strategy
+    self-labels: only under a certain threshold this cycle measured (a calibrated display) or
+    the strategy set; the fixed default of an uncalibrated model is never trusted."""
+    count = int(strategy.cooperation.get("self_labeling", 0))
+    if not count or not (display.calibrated or strategy.fixed_display(base) is not None):
+        return []
+    return pseudo_labels(left, display.certainty(), count)
 
 
 def oracle_order(ranked: list[int], pool, detections, display: Display, cost: CostModel, key: str) -> list[int]:

@@ -167,7 +167,8 @@ def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
     detector = _starting_model(services, run.job, c.config, c.strategy)
     samples, labeled_ids = _labeled_samples(c, [t for t in tasks if t.annotation is not None], detector)
     start_display = serving_display(c.settings, c.thresholds, detector)
-    pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, start_display, report)
+    project_set = c.thresholds is not None
+    pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, start_display, project_set, report)
     pool = _pool(c, unlabeled, detector)
     labels = CycleLabels(samples, _recent(c, samples, labeled_ids), list(pool), pseudo)
     plan = _plan(c)
@@ -320,13 +321,23 @@ def _save_version(c: _Cycle, detector: Detector, train_config: TrainConfig, labe
 
 
 def _self_labels(
-    services: CycleServices, run: _Run, detector: Detector, unlabeled: list[_Task], display: Display, report: Report
+    services: CycleServices,
+    run: _Run,
+    detector: Detector,
+    unlabeled: list[_Task],
+    display: Display,
+    project_set: bool,
+    report: Report,
 ) -> tuple[list[LabeledImage], list[int]]:
     """CEAL's self-labeling (opt-in): the unlabeled images whose shown boxes are all certain
     under the starting model, at most SELF_LABELING_MAX_IMAGES, labeled with those boxes. Chosen
-    afresh every run (a pseudo-label is never frozen); kept apart from the human labels."""
+    afresh every run (a pseudo-label is never frozen); kept apart from the human labels. Only
+    with a calibrated display or the project's own thresholds (``project_set``)."""
     settings = services.settings
     if not settings.self_labeling_max_images or not detector.version.trained or not unlabeled:
+        return [], []
+    if not (display.calibrated or project_set):  # the fixed default's "certain" was never measured
+        log.info("project %s: self-labeling waits for a version with a calibrated display", run.job.project_id)
         return [], []
     report(0.04, f"self-labeling: predicting {len(unlabeled)} unlabeled images")
     fetched = _fetch_images(services, run, unlabeled, detector)

@@ -8,9 +8,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from al_core.datasets import generate_shapes
 from al_core.datasets.label_studio_format import box_to_percent
+from al_core.display import Display
+from al_core.types import Detections
 from al_core.versions import read_version
 from backend import cycle as cycle_module
 from backend.settings import Settings
@@ -222,3 +225,35 @@ def test_the_cycle_trains_with_the_step_floor_and_epoch_cap_of_the_settings(tmp_
     train = cycle_module._plan(c).train
     assert (train.epochs, train.min_steps, train.max_epochs) == (5, min_steps, max_epochs)
     assert Settings().train_min_steps == 300  # the service's default
+
+
+@pytest.mark.parametrize(
+    "calibrated, project_set, expected",
+    [(False, False, []), (True, False, [7]), (False, True, [7])],
+)
+def test_self_labeling_waits_for_a_measured_or_chosen_certain_threshold(
+    tmp_path, monkeypatch, calibrated, project_set, expected
+):
+    """The fixed default's "certain" of an uncalibrated version labels nothing by itself; a
+    calibrated display or the project's own thresholds do. Task 7's one box is certain, task 8
+    has an uncertain one."""
+    from PIL import Image
+
+    paths = {task_id: tmp_path / f"{task_id}.png" for task_id in (7, 8)}
+    for path in paths.values():
+        Image.new("RGB", (100, 100)).save(path)
+    tasks = [cycle_module._Task(task_id, str(path), None) for task_id, path in paths.items()]
+    monkeypatch.setattr(cycle_module, "_fetch_images", lambda s, r, t, d: [(task, paths[task.id]) for task in t])
+    boxes = torch.tensor([[0.0, 0, 20, 20], [50, 50, 70, 70]])
+    found = [  # in the tasks' order
+        Detections(boxes[:1], torch.tensor([0]), torch.tensor([0.9]), (100, 100)),
+        Detections(boxes, torch.tensor([0, 1]), torch.tensor([0.9, 0.5]), (100, 100)),
+    ]
+    detector = SimpleNamespace(version=SimpleNamespace(trained=True), predict=lambda images: found)
+    services = SimpleNamespace(settings=Settings(self_labeling_max_images=5, predict_batch_size=8))
+    run = SimpleNamespace(job=SimpleNamespace(project_id=1))
+    display = Display(threshold=0.3, certain=0.7, calibrated=calibrated)
+    pseudo, ids = cycle_module._self_labels(
+        services, run, detector, tasks, display, project_set, lambda fraction, stage: None
+    )
+    assert ids == expected and [p.path for p in pseudo] == [str(paths[i]) for i in expected]

@@ -22,6 +22,7 @@ from al_core.simulation import (
     _plan,
     oracle_order,
     select,
+    self_labels,
     simulate,
 )
 from al_core.simulation_report import effort_markdown, markdown, reach, seconds_summary, summary, write_report
@@ -274,6 +275,22 @@ def test_the_oracle_ranks_by_the_models_true_errors_and_keeps_ties_in_order():
     # edit rates: a 0, b 1/2, c 1/2, d 0; per second: b 1/(2 + 1.6 + 7), c 1/(2 + 1.6 + 4)
     assert oracle_order([3, 0, 1, 2], truths, shown, display, cost, "edit_rate") == [1, 2, 3, 0]
     assert oracle_order([3, 0, 1, 2], truths, shown, display, cost, "edits_per_second") == [2, 1, 3, 0]
+
+
+def test_self_labeling_trusts_only_a_measured_or_chosen_certain_threshold():
+    boxes = torch.tensor([[0.0, 0, 20, 20], [50, 50, 70, 70]])
+    left = {  # a: every shown box certain; b: one uncertain box
+        "a": Detections(boxes[:1], torch.tensor([0]), torch.tensor([0.9]), (100, 100)),
+        "b": Detections(boxes, torch.tensor([0, 1]), torch.tensor([0.9, 0.5]), (100, 100)),
+    }
+    base, ceal = Display(), StrategySpec("random", cooperation={"self_labeling": 5})
+    uncalibrated = Display(threshold=0.3, certain=0.7)  # the fixed default, never measured
+    assert self_labels(left, uncalibrated, ceal, base) == []
+    calibrated = Display(threshold=0.3, certain=0.7, calibrated=True)
+    assert [p.path for p in self_labels(left, calibrated, ceal, base)] == ["a"]
+    chosen = StrategySpec("random", cooperation={"self_labeling": 5, "certain": 0.7})
+    assert [p.path for p in self_labels(left, uncalibrated, chosen, base)] == ["a"]
+    assert self_labels(left, calibrated, StrategySpec("random"), base) == []  # not asked
 
 
 def test_seconds_summary_hand_computed():
