@@ -378,7 +378,7 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
     """Hand the images in people's order to the oracle until the cycle's budget is spent, and
     self-label the rest if asked; the labels for the next cycle. Its figures go into the row."""
     config, strategy, pool, state, row = oracle.config, oracle.strategy, oracle.pool, oracle.state, oracle.row
-    cost, display = config.cost_model(), result.trained.display
+    cost, display = config.cost_model(), trusted_display(result.trained.display, strategy, config.base_display())
     index = {image.path: i for i, image in enumerate(pool)}
     detections = {image.path: image.detections for image in result.scored}
     if result.detector.has_loss_head:  # can the loss head rank at all? (the oracle knows the losses)
@@ -397,18 +397,23 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
     spent = state.spent + work["seconds_cooperative" if box_level else "seconds_with_preannotations"]
     bought = set(chosen)
     left = {image.path: image.shown for image in result.scored if index[image.path] not in bought}
-    pseudo = self_labels(left, display, strategy, config.base_display())
+    pseudo = self_labels(left, display, int(strategy.cooperation.get("self_labeling", 0)))
     return _Labels(sorted(state.labeled + chosen), labels, pseudo, spent=spent)
 
 
-def self_labels(
-    left: dict[str, Detections], display: Display, strategy: StrategySpec, base: Display
-) -> list[LabeledImage]:
-    """CEAL's pseudo-labels (al_core.cooperation) among the images ``left``, if the strategy
-    self-labels: only under a certain threshold this cycle measured (a calibrated display) or
-    the strategy set; the fixed default of an uncalibrated model is never trusted."""
-    count = int(strategy.cooperation.get("self_labeling", 0))
-    if not count or not (display.calibrated or strategy.fixed_display(base) is not None):
+def trusted_display(display: Display, strategy: StrategySpec, base: Display) -> Display:
+    """``display`` as box-level review and self-labeling may use it: its certain threshold if
+    this cycle measured it (calibrated) or the strategy set it; otherwise nothing is certain, as
+    the fixed default of an uncalibrated model was never measured."""
+    if display.calibrated or strategy.fixed_display(base) is not None:
+        return display
+    return replace(display, certain=1.0)
+
+
+def self_labels(left: dict[str, Detections], display: Display, count: int) -> list[LabeledImage]:
+    """CEAL's pseudo-labels (al_core.cooperation): at most ``count`` of the images ``left``,
+    none when nothing is certain (1.0: even a saturated score proves nothing)."""
+    if not count or display.certain >= 1.0:
         return []
     return pseudo_labels(left, display.certainty(), count)
 

@@ -24,6 +24,7 @@ from al_core.simulation import (
     select,
     self_labels,
     simulate,
+    trusted_display,
 )
 from al_core.simulation_report import effort_markdown, markdown, reach, seconds_summary, summary, write_report
 from al_core.types import Detections, LabeledImage
@@ -277,20 +278,22 @@ def test_the_oracle_ranks_by_the_models_true_errors_and_keeps_ties_in_order():
     assert oracle_order([3, 0, 1, 2], truths, shown, display, cost, "edits_per_second") == [2, 1, 3, 0]
 
 
-def test_self_labeling_trusts_only_a_measured_or_chosen_certain_threshold():
+def test_box_level_review_and_self_labeling_trust_only_a_measured_or_chosen_certain_threshold():
+    base, plain = Display(), StrategySpec("random")
+    uncalibrated = Display(threshold=0.3, certain=0.7)  # the fixed default, never measured
+    assert trusted_display(uncalibrated, plain, base).certainty().certain == 1.0  # nothing certain
+    calibrated = Display(threshold=0.3, certain=0.7, calibrated=True)
+    assert trusted_display(calibrated, plain, base) == calibrated
+    chosen = StrategySpec("random", cooperation={"box_level": True, "certain": 0.7})
+    assert trusted_display(uncalibrated, chosen, base) == uncalibrated
     boxes = torch.tensor([[0.0, 0, 20, 20], [50, 50, 70, 70]])
-    left = {  # a: every shown box certain; b: one uncertain box
-        "a": Detections(boxes[:1], torch.tensor([0]), torch.tensor([0.9]), (100, 100)),
+    left = {  # a: every shown box certain (one saturated score); b: one uncertain box
+        "a": Detections(boxes, torch.tensor([0, 1]), torch.tensor([1.0, 0.9]), (100, 100)),
         "b": Detections(boxes, torch.tensor([0, 1]), torch.tensor([0.9, 0.5]), (100, 100)),
     }
-    base, ceal = Display(), StrategySpec("random", cooperation={"self_labeling": 5})
-    uncalibrated = Display(threshold=0.3, certain=0.7)  # the fixed default, never measured
-    assert self_labels(left, uncalibrated, ceal, base) == []
-    calibrated = Display(threshold=0.3, certain=0.7, calibrated=True)
-    assert [p.path for p in self_labels(left, calibrated, ceal, base)] == ["a"]
-    chosen = StrategySpec("random", cooperation={"self_labeling": 5, "certain": 0.7})
-    assert [p.path for p in self_labels(left, uncalibrated, chosen, base)] == ["a"]
-    assert self_labels(left, calibrated, StrategySpec("random"), base) == []  # not asked
+    assert [p.path for p in self_labels(left, calibrated, 5)] == ["a"]
+    assert self_labels(left, trusted_display(uncalibrated, plain, base), 5) == []
+    assert self_labels(left, calibrated, 0) == []  # not asked
 
 
 def test_seconds_summary_hand_computed():
