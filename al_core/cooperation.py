@@ -6,7 +6,7 @@
   certain threshold that was measured (a calibrated display) or set on purpose (a project's
   thresholds) is trusted with them: at the fixed default, an uncalibrated first model chose
   64-100 images at 60-82% box precision, and the next model lost 4-9 mAP points (BENCHMARKS.md,
-  "Self-labeling with the fitted model").
+  "CEAL self-labeling with a fitted model").
 - Box-level cooperation (ASM): a person reviews only the uncertain boxes of a pre-annotated
   image, adds what the model missed, and accepts the certain boxes unseen. ``oracle_edits``
   counts what that costs against the true boxes, and what label the image then carries.
@@ -28,7 +28,10 @@ TIGHT_IOU = 0.8  # a matched box looser than this needs its corners dragged
 
 def pseudo_labels(detections: Mapping[str, Detections], certainty: Certainty, max_images: int) -> list[LabeledImage]:
     """The images (keys of ``detections``) whose shown boxes are all certain, at least one,
-    surest first (by their least sure box), at most ``max_images``; labeled with those boxes."""
+    surest first (by their least sure box), at most ``max_images``; labeled with those boxes.
+    None when nothing is certain (``certain`` 1.0: even a saturated score proves nothing)."""
+    if certainty.certain >= 1.0:
+        return []
     candidates = []
     for key, det in detections.items():
         shown = det.above(certainty.uncertain)

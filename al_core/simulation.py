@@ -31,7 +31,7 @@ from .evaluation import evaluate
 from .priority import PriorityRule
 from .scoring import SCORERS
 from .training import TrainConfig, loss_spearman
-from .types import Detections, LabeledImage
+from .types import LabeledImage
 
 ORACLE_RANKINGS = ("edit_rate", "edits_per_second")  # StrategySpec.oracle: see oracle_order
 # Today's display before calibration, the reference the calibrated one is measured against:
@@ -397,7 +397,8 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
     spent = state.spent + work["seconds_cooperative" if box_level else "seconds_with_preannotations"]
     bought = set(chosen)
     left = {image.path: image.shown for image in result.scored if index[image.path] not in bought}
-    pseudo = self_labels(left, display, int(strategy.cooperation.get("self_labeling", 0)))
+    self_labeling = int(strategy.cooperation.get("self_labeling", 0))
+    pseudo = pseudo_labels(left, display.certainty(), self_labeling) if self_labeling else []
     return _Labels(sorted(state.labeled + chosen), labels, pseudo, spent=spent)
 
 
@@ -408,14 +409,6 @@ def trusted_display(display: Display, strategy: StrategySpec, base: Display) -> 
     if display.calibrated or strategy.fixed_display(base) is not None:
         return display
     return replace(display, certain=1.0)
-
-
-def self_labels(left: dict[str, Detections], display: Display, count: int) -> list[LabeledImage]:
-    """CEAL's pseudo-labels (al_core.cooperation): at most ``count`` of the images ``left``,
-    none when nothing is certain (1.0: even a saturated score proves nothing)."""
-    if not count or display.certain >= 1.0:
-        return []
-    return pseudo_labels(left, display.certainty(), count)
 
 
 def oracle_order(ranked: list[int], pool, detections, display: Display, cost: CostModel, key: str) -> list[int]:

@@ -11,6 +11,7 @@ import yaml
 
 from al_core import cli
 from al_core.annotation_cost import CostModel
+from al_core.cooperation import pseudo_labels
 from al_core.datasets import DigitCanvasConfig, generate_digit_canvases, read_dataset, write_digit_canvases
 from al_core.display import GRID, Display
 from al_core.simulation import (
@@ -22,7 +23,6 @@ from al_core.simulation import (
     _plan,
     oracle_order,
     select,
-    self_labels,
     simulate,
     trusted_display,
 )
@@ -287,13 +287,12 @@ def test_box_level_review_and_self_labeling_trust_only_a_measured_or_chosen_cert
     chosen = StrategySpec("random", cooperation={"box_level": True, "certain": 0.7})
     assert trusted_display(uncalibrated, chosen, base) == uncalibrated
     boxes = torch.tensor([[0.0, 0, 20, 20], [50, 50, 70, 70]])
-    left = {  # a: every shown box certain (one saturated score); b: one uncertain box
-        "a": Detections(boxes, torch.tensor([0, 1]), torch.tensor([1.0, 0.9]), (100, 100)),
+    left = {  # a: every shown box certain, saturated; b: one uncertain box
+        "a": Detections(boxes, torch.tensor([0, 1]), torch.tensor([1.0, 1.0]), (100, 100)),
         "b": Detections(boxes, torch.tensor([0, 1]), torch.tensor([0.9, 0.5]), (100, 100)),
     }
-    assert [p.path for p in self_labels(left, calibrated, 5)] == ["a"]
-    assert self_labels(left, trusted_display(uncalibrated, plain, base), 5) == []
-    assert self_labels(left, calibrated, 0) == []  # not asked
+    assert [p.path for p in pseudo_labels(left, calibrated.certainty(), 5)] == ["a"]
+    assert pseudo_labels(left, trusted_display(uncalibrated, plain, base).certainty(), 5) == []
 
 
 def test_seconds_summary_hand_computed():
