@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 
 from al_core.datasets import generate_shapes
 from al_core.datasets.label_studio_format import box_to_percent
@@ -237,8 +238,6 @@ def test_self_labeling_waits_for_a_measured_or_chosen_certain_threshold(
     """The fixed default's "certain" of an uncalibrated version labels nothing by itself; a
     calibrated display or the project's own thresholds do. Task 7's one box is certain, task 8
     has an uncertain one."""
-    from PIL import Image
-
     paths = {task_id: tmp_path / f"{task_id}.png" for task_id in (7, 8)}
     for path in paths.values():
         Image.new("RGB", (100, 100)).save(path)
