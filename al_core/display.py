@@ -57,6 +57,13 @@ class Display:
     def lowest(self) -> float:
         return min([self.threshold, *self.class_thresholds.values()])
 
+    def trusted(self, set_on_purpose: bool) -> Display:
+        """This display as box-level review and self-labeling may use it: its certain threshold
+        if calibration measured it or someone set it on purpose (a project's thresholds, a
+        simulated strategy's); otherwise nothing is certain (1.0), as the fixed default was never
+        measured (BENCHMARKS.md, "CEAL self-labeling with a fitted model")."""
+        return self if self.calibrated or set_on_purpose else replace(self, certain=1.0)
+
     def certainty(self) -> Certainty:
         """The box split of box-level cooperation over the shown boxes."""
         lowest = self.lowest()

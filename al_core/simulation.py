@@ -378,7 +378,8 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
     """Hand the images in people's order to the oracle until the cycle's budget is spent, and
     self-label the rest if asked; the labels for the next cycle. Its figures go into the row."""
     config, strategy, pool, state, row = oracle.config, oracle.strategy, oracle.pool, oracle.state, oracle.row
-    cost, display = config.cost_model(), trusted_display(result.trained.display, strategy, config.base_display())
+    set_on_purpose = strategy.fixed_display(config.base_display()) is not None
+    cost, display = config.cost_model(), result.trained.display.trusted(set_on_purpose)
     index = {image.path: i for i, image in enumerate(pool)}
     detections = {image.path: image.detections for image in result.scored}
     if result.detector.has_loss_head:  # can the loss head rank at all? (the oracle knows the losses)
@@ -400,15 +401,6 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
     self_labeling = int(strategy.cooperation.get("self_labeling", 0))
     pseudo = pseudo_labels(left, display.certainty(), self_labeling) if self_labeling else []
     return _Labels(sorted(state.labeled + chosen), labels, pseudo, spent=spent)
-
-
-def trusted_display(display: Display, strategy: StrategySpec, base: Display) -> Display:
-    """``display`` as box-level review and self-labeling may use it: its certain threshold if
-    this cycle measured it (calibrated) or the strategy set it; otherwise nothing is certain, as
-    the fixed default of an uncalibrated model was never measured."""
-    if display.calibrated or strategy.fixed_display(base) is not None:
-        return display
-    return replace(display, certain=1.0)
 
 
 def oracle_order(ranked: list[int], pool, detections, display: Display, cost: CostModel, key: str) -> list[int]:

@@ -166,9 +166,8 @@ def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
     unlabeled = [t for t in tasks if t.annotation is None]
     detector = _starting_model(services, run.job, c.config, c.strategy)
     samples, labeled_ids = _labeled_samples(c, [t for t in tasks if t.annotation is not None], detector)
-    start_display = serving_display(c.settings, c.thresholds, detector)
-    project_set = c.thresholds is not None
-    pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, start_display, project_set, report)
+    start_display = serving_display(c.settings, c.thresholds, detector).trusted(c.thresholds is not None)
+    pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, start_display, report)
     pool = _pool(c, unlabeled, detector)
     labels = CycleLabels(samples, _recent(c, samples, labeled_ids), list(pool), pseudo)
     plan = _plan(c)
@@ -321,23 +320,17 @@ def _save_version(c: _Cycle, detector: Detector, train_config: TrainConfig, labe
 
 
 def _self_labels(
-    services: CycleServices,
-    run: _Run,
-    detector: Detector,
-    unlabeled: list[_Task],
-    display: Display,
-    project_set: bool,
-    report: Report,
+    services: CycleServices, run: _Run, detector: Detector, unlabeled: list[_Task], display: Display, report: Report
 ) -> tuple[list[LabeledImage], list[int]]:
     """CEAL's self-labeling (opt-in): the unlabeled images whose shown boxes are all certain
     under the starting model, at most SELF_LABELING_MAX_IMAGES, labeled with those boxes. Chosen
-    afresh every run (a pseudo-label is never frozen); kept apart from the human labels. Only
-    with a calibrated display or the project's own thresholds (``project_set``)."""
+    afresh every run (a pseudo-label is never frozen); kept apart from the human labels. None,
+    and no image predicted, while nothing is certain (``Display.trusted``)."""
     settings = services.settings
     if not settings.self_labeling_max_images or not detector.version.trained or not unlabeled:
         return [], []
-    if not (display.calibrated or project_set):  # the fixed default's "certain" was never measured
-        log.info("project %s: self-labeling waits for a version with a calibrated display", run.job.project_id)
+    if display.certain >= 1.0:
+        log.info("project %s: self-labeling waits for a calibrated certain threshold", run.job.project_id)
         return [], []
     report(0.04, f"self-labeling: predicting {len(unlabeled)} unlabeled images")
     fetched = _fetch_images(services, run, unlabeled, detector)

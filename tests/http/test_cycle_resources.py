@@ -235,9 +235,9 @@ def test_the_cycle_trains_with_the_step_floor_and_epoch_cap_of_the_settings(tmp_
 def test_self_labeling_waits_for_a_measured_or_chosen_certain_threshold(
     tmp_path, monkeypatch, calibrated, project_set, expected
 ):
-    """The fixed default's "certain" of an uncalibrated version labels nothing by itself; a
-    calibrated display or the project's own thresholds do. Task 7's one box is certain, task 8
-    has an uncertain one."""
+    """The fixed default's "certain" of an uncalibrated version labels nothing by itself, and no
+    image is predicted for it; a calibrated display or the project's own thresholds do label.
+    Task 7's one box is certain, task 8 has an uncertain one."""
     paths = {task_id: tmp_path / f"{task_id}.png" for task_id in (7, 8)}
     for path in paths.values():
         Image.new("RGB", (100, 100)).save(path)
@@ -248,11 +248,13 @@ def test_self_labeling_waits_for_a_measured_or_chosen_certain_threshold(
         Detections(boxes[:1], torch.tensor([0]), torch.tensor([0.9]), (100, 100)),
         Detections(boxes, torch.tensor([0, 1]), torch.tensor([0.9, 0.5]), (100, 100)),
     ]
-    detector = SimpleNamespace(version=SimpleNamespace(trained=True), predict=lambda images: found)
+    predicted = []
+    detector = SimpleNamespace(
+        version=SimpleNamespace(trained=True), predict=lambda images: predicted.append(1) or found
+    )
     services = SimpleNamespace(settings=Settings(self_labeling_max_images=5, predict_batch_size=8))
     run = SimpleNamespace(job=SimpleNamespace(project_id=1))
-    display = Display(threshold=0.3, certain=0.7, calibrated=calibrated)
-    pseudo, ids = cycle_module._self_labels(
-        services, run, detector, tasks, display, project_set, lambda fraction, stage: None
-    )
+    display = Display(threshold=0.3, certain=0.7, calibrated=calibrated).trusted(project_set)
+    pseudo, ids = cycle_module._self_labels(services, run, detector, tasks, display, lambda fraction, stage: None)
     assert ids == expected and [p.path for p in pseudo] == [str(paths[i]) for i in expected]
+    assert bool(predicted) == bool(expected)

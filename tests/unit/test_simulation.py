@@ -24,7 +24,6 @@ from al_core.simulation import (
     oracle_order,
     select,
     simulate,
-    trusted_display,
 )
 from al_core.simulation_report import effort_markdown, markdown, reach, seconds_summary, summary, write_report
 from al_core.types import Detections, LabeledImage
@@ -279,20 +278,18 @@ def test_the_oracle_ranks_by_the_models_true_errors_and_keeps_ties_in_order():
 
 
 def test_box_level_review_and_self_labeling_trust_only_a_measured_or_chosen_certain_threshold():
-    base, plain = Display(), StrategySpec("random")
     uncalibrated = Display(threshold=0.3, certain=0.7)  # the fixed default, never measured
-    assert trusted_display(uncalibrated, plain, base).certainty().certain == 1.0  # nothing certain
+    assert uncalibrated.trusted(False).certainty().certain == 1.0  # nothing certain
     calibrated = Display(threshold=0.3, certain=0.7, calibrated=True)
-    assert trusted_display(calibrated, plain, base) == calibrated
-    chosen = StrategySpec("random", cooperation={"box_level": True, "certain": 0.7})
-    assert trusted_display(uncalibrated, chosen, base) == uncalibrated
+    assert calibrated.trusted(False) == calibrated
+    assert uncalibrated.trusted(True) == uncalibrated  # a project's or strategy's own thresholds
     boxes = torch.tensor([[0.0, 0, 20, 20], [50, 50, 70, 70]])
     left = {  # a: every shown box certain, saturated; b: one uncertain box
         "a": Detections(boxes, torch.tensor([0, 1]), torch.tensor([1.0, 1.0]), (100, 100)),
         "b": Detections(boxes, torch.tensor([0, 1]), torch.tensor([0.9, 0.5]), (100, 100)),
     }
     assert [p.path for p in pseudo_labels(left, calibrated.certainty(), 5)] == ["a"]
-    assert pseudo_labels(left, trusted_display(uncalibrated, plain, base).certainty(), 5) == []
+    assert pseudo_labels(left, uncalibrated.trusted(False).certainty(), 5) == []
 
 
 def test_seconds_summary_hand_computed():
