@@ -168,13 +168,24 @@ class UncertaintyDiversityScorer(Scorer):
     uncertainty scorer, then k-center greedy over them with the category-conditioned matching
     distance on box features, starting from the most uncertain. The picks come first (value
     2 - rank / budget, in (1, 2]); the other images keep their uncertainty (<= 1).
-    normalized = value / 2."""
+    normalized = value / 2.
+
+    ``boxes`` is the uncertainty scorer's box set (see ``UncertaintyScorer``), and the distances
+    use the same boxes: "all" candidates above 0.05 (PPAL's), or the "shown" ones, so neither the
+    ranking nor the diversity counts boxes a person never sees."""
 
     name = "uncertainty_diversity"
     needs = frozenset({"trained_head", "class_probs", "box_features"})
 
-    def __init__(self, uncertainty: str = "entropy", aggregation: str = "class_balanced", candidates_factor: int = 4):
-        self.uncertainty = create_scorer(uncertainty, aggregation=aggregation)
+    def __init__(
+        self,
+        uncertainty: str = "entropy",
+        aggregation: str = "class_balanced",
+        candidates_factor: int = 4,
+        boxes: str | int = "all",
+    ):
+        self.uncertainty = create_scorer(uncertainty, aggregation=aggregation, boxes=boxes)
+        self.boxes = boxes
         self.needs = type(self).needs | self.uncertainty.needs
         self.candidates_factor = candidates_factor
         self._heap: list[tuple[float, int, _BoxRecord]] = []  # the most uncertain, bounded
@@ -184,7 +195,8 @@ class UncertaintyDiversityScorer(Scorer):
         scores = self.uncertainty.score_batch(batch, context)
         keep = self.candidates_factor * context.budget
         for item, score in zip(batch, scores, strict=True):
-            det = item.detections.above(0.05)
+            det = item.detections
+            det = det.above(0.05) if self.boxes == "all" else self.uncertainty.boxes_of(det, context)
             record = _BoxRecord(det.labels, det.scores, _unit(det.box_features))
             entry = (score.normalized, -self._seen, record)  # earlier images win ties
             self._seen += 1

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from al_core.display import Display
 from al_core.scoring import create_scorer
 from al_core.scoring.base import PoolImage, ScoringContext
 from al_core.scoring.consistency import js_divergence
@@ -128,6 +129,31 @@ def test_uncertainty_diversity_skips_near_duplicates():
     order = ranking([b.key for b in batch], scores)
     assert order[:2] == [0, 2]  # the duplicate of the first pick is passed over
     assert scores[0].parts["diversity_rank"] == 1.0
+
+
+def test_uncertainty_diversity_over_the_shown_boxes_ignores_hidden_candidates():
+    a, a_near = [1.0, 0.0, 0.0], [0.5, math.sqrt(0.75), 0.0]  # 1 - cos = 0.5
+    hidden = [[10, 10, 20, 20], [30, 30, 40, 40], [50, 50, 60, 60]]
+    pool = [
+        boxes_det([[0, 0, 10, 10]], [0.5], [0]),
+        # the first image's shown box again, plus three hidden junk boxes of another class
+        boxes_det([[0, 0, 10, 10], *hidden], [0.5, 0.2, 0.2, 0.2], [0, 2, 2, 2]),
+        boxes_det([[0, 0, 10, 10]], [0.5], [0]),
+    ]
+    pool[0].box_features = torch.tensor([a])
+    pool[1].box_features = torch.tensor([a, [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    pool[2].box_features = torch.tensor([a_near])
+    batch = [PoolImage(str(i), None, d) for i, d in enumerate(pool)]
+    context = ScoringContext(budget=2, display=Display(threshold=0.3))
+
+    def second_pick(boxes):
+        scorer = create_scorer("uncertainty_diversity", aggregation="mean", candidates_factor=2, boxes=boxes)
+        return ranking([b.key for b in batch], scorer.finish(scorer.score_batch(batch, context), context))[1]
+
+    # PPAL's candidates: the hidden junk makes the second image look far (D = 0.55 > 0.5).
+    assert second_pick("all") == 1
+    # Over the boxes a person sees, it is the first image again (D = 0), so the third comes next.
+    assert second_pick("shown") == 2
 
 
 def test_random_is_seeded_and_independent_of_batching():
