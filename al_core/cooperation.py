@@ -35,7 +35,7 @@ def pseudo_labels(detections: Mapping[str, Detections], certainty: Certainty, ma
     candidates = []
     for key, det in detections.items():
         shown = det.above(certainty.uncertain)
-        if len(shown) and bool((shown.scores >= certainty.certain).all()):
+        if len(shown) and bool(certainty.is_certain(shown.scores).all()):
             candidates.append((-float(shown.scores.min()), key, shown))
     candidates.sort(key=lambda item: item[:2])
     return [LabeledImage(key, det.boxes.clone(), det.labels.clone()) for _, key, det in candidates[:max_images]]
@@ -89,7 +89,7 @@ def oracle_edits(
     box stays in the label, and a missed object is still added. Otherwise every shown box is
     reviewed, and the label equals the truth."""
     shown = detections.above(certainty.uncertain)
-    certain = shown.scores >= certainty.certain
+    certain = certainty.is_certain(shown.scores)
     pairs = match_boxes(shown.boxes, truth.boxes)
     matched_truth = {t for _, t, _ in pairs}
     by_pred = {p: (t, iou) for p, t, iou in pairs}

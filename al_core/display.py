@@ -35,10 +35,13 @@ class Display:
     """The boxes shown: score >= ``threshold`` (or the class's own, ``class_thresholds``) after
     class-agnostic NMS at ``nms_iou``, at most ``max_boxes``, none when ``show`` is False.
     Shown boxes scoring >= ``certain`` are the model's (box-level cooperation accepts them
-    unseen). ``precision`` is the held-out share of right boxes per score decile."""
+    unseen); 1.0, the default, means none is: a certain threshold must be measured (calibration)
+    or set on purpose, as an unmeasured 0.7 was wrong on a quarter of its boxes (BENCHMARKS.md,
+    "CEAL self-labeling with a fitted model"). ``precision`` is the held-out share of right
+    boxes per score decile."""
 
     threshold: float = 0.3
-    certain: float = 0.7
+    certain: float = 1.0
     class_thresholds: dict[int, float] = field(default_factory=dict)
     nms_iou: float = 0.7
     max_boxes: int = 100
@@ -56,13 +59,6 @@ class Display:
 
     def lowest(self) -> float:
         return min([self.threshold, *self.class_thresholds.values()])
-
-    def trusted(self, set_on_purpose: bool) -> Display:
-        """This display as box-level review and self-labeling may use it: its certain threshold
-        if calibration measured it or someone set it on purpose (a project's thresholds, a
-        simulated strategy's); otherwise nothing is certain (1.0), as the fixed default was never
-        measured (BENCHMARKS.md, "CEAL self-labeling with a fitted model")."""
-        return self if self.calibrated or set_on_purpose else replace(self, certain=1.0)
 
     def certainty(self) -> Certainty:
         """The box split of box-level cooperation over the shown boxes."""

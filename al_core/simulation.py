@@ -62,8 +62,8 @@ class StrategySpec:
         """The display this strategy fixes with "certain"/"uncertain", or None (calibrated)."""
         if not {"certain", "uncertain"} & set(self.cooperation):
             return None
-        fixed = {"threshold": self.cooperation.get("uncertain", 0.3), "certain": self.cooperation.get("certain", 0.7)}
-        return replace(base, **fixed)
+        given = self.cooperation
+        return replace(base, threshold=given.get("uncertain", 0.3), certain=given.get("certain", base.certain))
 
     @property
     def key(self) -> str:
@@ -378,8 +378,7 @@ def _buy_labels(oracle: _Oracle, result: CycleResult) -> _Labels:
     """Hand the images in people's order to the oracle until the cycle's budget is spent, and
     self-label the rest if asked; the labels for the next cycle. Its figures go into the row."""
     config, strategy, pool, state, row = oracle.config, oracle.strategy, oracle.pool, oracle.state, oracle.row
-    set_on_purpose = strategy.fixed_display(config.base_display()) is not None
-    cost, display = config.cost_model(), result.trained.display.trusted(set_on_purpose)
+    cost, display = config.cost_model(), result.trained.display
     index = {image.path: i for i, image in enumerate(pool)}
     detections = {image.path: image.detections for image in result.scored}
     if result.detector.has_loss_head:  # can the loss head rank at all? (the oracle knows the losses)
@@ -463,7 +462,7 @@ def _label_chosen(chosen, pool, detections, display, cost, strategy, labels) -> 
         seconds["seconds_with_preannotations"] += cost.seconds(full)
         seconds["seconds_cooperative"] += cost.seconds(coop)
         seconds["seconds_fixed_threshold"] += cost.seconds(old)
-        accepted += int((shown.scores >= certainty.certain).sum())
+        accepted += int(certainty.is_certain(shown.scores).sum())
         noise += _noisy_boxes(label, truth)
         next_labels[i] = label if strategy.cooperation.get("box_level") else truth
     work = {

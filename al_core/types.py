@@ -120,7 +120,8 @@ class LabeledImage:
 class Certainty:
     """Box-level human-machine cooperation (ASM, Wang et al. 2018; CEAL, Wang et al. 2016):
     a box scoring >= ``certain`` is the model's to label, one in [``uncertain``, ``certain``)
-    needs a person, and lower ones are not shown at all."""
+    needs a person, and lower ones are not shown at all. ``certain`` 1.0 means nothing is
+    certain: even a saturated score proves nothing."""
 
     uncertain: float = 0.3
     certain: float = 0.7
@@ -131,9 +132,13 @@ class Certainty:
                 f"need 0 <= uncertain < certain <= 1, got uncertain={self.uncertain}, certain={self.certain}"
             )
 
+    def is_certain(self, scores: torch.Tensor) -> torch.Tensor:
+        """Which of these box scores are certain (all False when ``certain`` is 1.0)."""
+        return scores >= self.certain if self.certain < 1.0 else torch.zeros(scores.shape, dtype=torch.bool)
+
     def split(self, scores: torch.Tensor) -> tuple[int, int]:
         """(certain boxes, uncertain boxes) among these box scores."""
-        certain = int((scores >= self.certain).sum())
+        certain = int(self.is_certain(scores).sum())
         return certain, int((scores >= self.uncertain).sum()) - certain
 
     def al_ratio(self, scores: torch.Tensor) -> float:

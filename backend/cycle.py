@@ -57,7 +57,7 @@ def serving_display(settings: Settings, project: Certainty | None, detector: Det
     limits = {"nms_iou": settings.display_nms_iou, "max_boxes": settings.display_max_boxes}
     if project is not None:
         return project_display(settings, project)
-    if detector.display is not None:
+    if detector.display is not None and detector.display.calibrated:
         return replace(detector.display, **limits)
     return settings.display
 
@@ -166,7 +166,7 @@ def _run_cycle(services: CycleServices, run: _Run, report: Report) -> str:
     unlabeled = [t for t in tasks if t.annotation is None]
     detector = _starting_model(services, run.job, c.config, c.strategy)
     samples, labeled_ids = _labeled_samples(c, [t for t in tasks if t.annotation is not None], detector)
-    start_display = serving_display(c.settings, c.thresholds, detector).trusted(c.thresholds is not None)
+    start_display = serving_display(c.settings, c.thresholds, detector)
     pseudo, pseudo_ids = _self_labels(services, run, detector, unlabeled, start_display, report)
     pool = _pool(c, unlabeled, detector)
     labels = CycleLabels(samples, _recent(c, samples, labeled_ids), list(pool), pseudo)
@@ -325,7 +325,7 @@ def _self_labels(
     """CEAL's self-labeling (opt-in): the unlabeled images whose shown boxes are all certain
     under the starting model, at most SELF_LABELING_MAX_IMAGES, labeled with those boxes. Chosen
     afresh every run (a pseudo-label is never frozen); kept apart from the human labels. None,
-    and no image predicted, while nothing is certain (``Display.trusted``)."""
+    and no image predicted, while nothing is certain (no calibrated or chosen threshold)."""
     settings = services.settings
     if not settings.self_labeling_max_images or not detector.version.trained or not unlabeled:
         return [], []

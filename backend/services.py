@@ -34,7 +34,7 @@ class Services:
 
     @property
     def default_certainty(self) -> Certainty:
-        return Certainty(self.settings.prediction_score_threshold, self.settings.certain_score_threshold)
+        return self.settings.display.certainty()
 
 
 def services() -> Services:

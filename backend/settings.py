@@ -13,6 +13,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,8 +137,14 @@ class Settings(BaseSettings):
         default=0.3,
         description=("Boxes below this score are not shown; from it up to CERTAIN_SCORE_THRESHOLD, uncertain."),
     )
-    certain_score_threshold: float = Field(
-        default=0.7, description=("Boxes from this score up are certain: the model's to label (ASM, CEAL).")
+    certain_score_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description=(
+            "Boxes from this score up are certain: the model's to label (ASM, CEAL). Unset: none is until a "
+            "version's calibration measures the threshold."
+        ),
     )
     display_nms_iou: float = Field(
         default=0.7,
@@ -352,13 +359,14 @@ class Settings(BaseSettings):
 
     @property
     def display(self) -> Display:
-        """What people are shown before a version has calibrated its own."""
-        return Display(
-            threshold=self.prediction_score_threshold,
-            certain=self.certain_score_threshold,
-            nms_iou=self.display_nms_iou,
-            max_boxes=self.display_max_boxes,
+        """What people are shown before a version has calibrated its own: nothing is certain
+        unless CERTAIN_SCORE_THRESHOLD sets it."""
+        display = Display(
+            threshold=self.prediction_score_threshold, nms_iou=self.display_nms_iou, max_boxes=self.display_max_boxes
         )
+        if self.certain_score_threshold is None:
+            return display
+        return replace(display, certain=self.certain_score_threshold)
 
     @property
     def data_path(self) -> Path:

@@ -20,10 +20,12 @@ def detections_to_regions(
     says which it is in its ``meta`` (Label Studio shows ``meta.text`` with the region)."""
     width, height = detections.image_size
     shown = []
-    for box, label, score in zip(detections.boxes.tolist(), detections.labels.tolist(), detections.scores.tolist()):
+    boxes, labels, scores = detections.boxes.tolist(), detections.labels.tolist(), detections.scores.tolist()
+    certain = certainty.is_certain(detections.scores).tolist()
+    for box, label, score, sure in zip(boxes, labels, scores, certain, strict=True):
         value = config.label_for(class_names[label])
         if score >= certainty.uncertain and value is not None:
-            shown.append((score >= certainty.certain, score, box, value))
+            shown.append((sure, score, box, value))
     # uncertain before certain; uncertain ascending, certain descending by score
     shown.sort(key=lambda item: (item[0], item[1] if not item[0] else -item[1]))
     regions = []

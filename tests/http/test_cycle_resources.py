@@ -14,7 +14,7 @@ from PIL import Image
 from al_core.datasets import generate_shapes
 from al_core.datasets.label_studio_format import box_to_percent
 from al_core.display import Display
-from al_core.types import Detections
+from al_core.types import Certainty, Detections
 from al_core.versions import read_version
 from backend import cycle as cycle_module
 from backend.settings import Settings
@@ -229,15 +229,20 @@ def test_the_cycle_trains_with_the_step_floor_and_epoch_cap_of_the_settings(tmp_
 
 
 @pytest.mark.parametrize(
-    "calibrated, project_set, expected",
-    [(False, False, []), (True, False, [7]), (False, True, [7])],
+    "calibrated, project, certain_setting, expected",
+    [
+        (False, None, None, []),
+        (True, None, None, [7]),
+        (False, Certainty(0.3, 0.7), None, [7]),
+        (False, None, 0.7, [7]),
+    ],
 )
 def test_self_labeling_waits_for_a_measured_or_chosen_certain_threshold(
-    tmp_path, monkeypatch, calibrated, project_set, expected
+    tmp_path, monkeypatch, calibrated, project, certain_setting, expected
 ):
-    """The fixed default's "certain" of an uncalibrated version labels nothing by itself, and no
-    image is predicted for it; a calibrated display or the project's own thresholds do label.
-    Task 7's one box is certain, task 8 has an uncertain one."""
+    """An uncalibrated version's "certain" 0.7 (stored by an older release) labels nothing by
+    itself, and no image is predicted for it; a calibrated display, the project's own thresholds
+    or CERTAIN_SCORE_THRESHOLD do label. Task 7's one box is certain, task 8 has an uncertain one."""
     paths = {task_id: tmp_path / f"{task_id}.png" for task_id in (7, 8)}
     for path in paths.values():
         Image.new("RGB", (100, 100)).save(path)
@@ -252,9 +257,11 @@ def test_self_labeling_waits_for_a_measured_or_chosen_certain_threshold(
     detector = SimpleNamespace(
         version=SimpleNamespace(trained=True), predict=lambda images: predicted.append(1) or found
     )
-    services = SimpleNamespace(settings=Settings(self_labeling_max_images=5, predict_batch_size=8))
+    settings = Settings(self_labeling_max_images=5, predict_batch_size=8, certain_score_threshold=certain_setting)
+    services = SimpleNamespace(settings=settings)
     run = SimpleNamespace(job=SimpleNamespace(project_id=1))
-    display = Display(threshold=0.3, certain=0.7, calibrated=calibrated).trusted(project_set)
+    version = SimpleNamespace(display=Display(threshold=0.3, certain=0.7, calibrated=calibrated))
+    display = cycle_module.serving_display(settings, project, version)
     pseudo, ids = cycle_module._self_labels(services, run, detector, tasks, display, lambda fraction, stage: None)
     assert ids == expected and [p.path for p in pseudo] == [str(paths[i]) for i in expected]
     assert bool(predicted) == bool(expected)

@@ -37,7 +37,7 @@ def test_one_object_one_box_in_a_prediction():
     labels = sorted(region["value"]["rectanglelabels"][0] for region in result["result"])
     assert labels == ["square", "triangle"]
     assert result["expected_seconds_saved"] == pytest.approx(2 * (0.5 * 5.4 - 0.5 * 2))
-    assert result["display"] == {"threshold": 0.3, "certain": 0.7, "calibrated": False}
+    assert result["display"] == {"threshold": 0.3, "certain": 1.0, "calibrated": False}
     hidden = prediction(detector, LABEL_CONFIG, detections, score, Display(show=False, note="weak"), Settings().cost)
     assert hidden["result"] == [] and hidden["display"]["shown"] is False and hidden["display"]["note"] == "weak"
 
@@ -54,6 +54,29 @@ def test_which_display_serves_a_project(tmp_path):
     assert (override.threshold, override.certain, override.calibrated) == (0.2, 0.9, False)
     assert parse_certainty({"something_else": 1}, Certainty()) is None  # the version's display decides
     assert parse_certainty(None, Certainty()) is None
+
+
+def test_no_box_is_marked_certain_before_a_threshold_is_measured_or_set(tmp_path):
+    boxes = torch.tensor([[10.0, 10, 50, 50], [80, 80, 120, 120], [60, 0, 90, 30]])
+    detections = Detections(boxes, torch.tensor([0, 1, 2]), torch.tensor([1.0, 0.95, 0.5]), (128, 128))
+    detector = SimpleNamespace(version=SimpleNamespace(name="v1"), class_names=("circle", "square", "triangle"))
+    score = ImageScore(0.5, 0.5, "entropy")
+    stored = SimpleNamespace(display=Display(threshold=0.3, certain=0.7))  # an uncalibrated version's
+
+    def marks(settings, thresholds=None, version=stored):
+        display = serving_display(settings, thresholds, version)
+        result = prediction(detector, LABEL_CONFIG, detections, score, display, settings.cost)
+        return [r["meta"]["certainty"] for r in result["result"]], result["al_ratio"], result["uncertain_boxes"]
+
+    # Unmeasured: every shown box is for a person, the saturated 1.0 too.
+    assert marks(make_settings(tmp_path)) == (["uncertain"] * 3, 1.0, 3)
+    assert make_settings(tmp_path).display.certainty() == Certainty(0.3, 1.0)  # /setup's defaults
+    # Measured by the version's calibration, or set on purpose: the sure boxes are the model's.
+    calibrated = SimpleNamespace(display=Display(threshold=0.3, certain=0.9, calibrated=True))
+    expected = (["uncertain", "certain", "certain"], pytest.approx(1 / 3), 1)
+    assert marks(make_settings(tmp_path), version=calibrated) == expected
+    assert marks(make_settings(tmp_path), thresholds=Certainty(0.3, 0.9)) == expected
+    assert marks(make_settings(tmp_path, certain_score_threshold=0.9)) == expected
 
 
 @pytest.mark.parametrize(

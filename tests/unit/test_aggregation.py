@@ -9,7 +9,7 @@ from al_core.scoring import AGGREGATIONS, create_scorer
 from al_core.scoring.aggregation import aggregate, inverse_frequency_weights
 from al_core.scoring.base import PoolImage, ScoringContext
 from al_core.scoring.class_quality import class_quality, difficulty_weights
-from al_core.scoring.uncertainty import entropy, least_confidence, margin
+from al_core.scoring.uncertainty import entropy, least_confidence, margin, two_state
 from al_core.types import Detections, LabeledImage
 
 
@@ -47,6 +47,15 @@ def test_least_confidence_and_margin_hand_computed():
     q = torch.tensor([PEAKED])
     assert least_confidence(q).item() == pytest.approx((1 - 0.85) * 4 / 3)
     assert margin(q).item() == pytest.approx(1 - (0.85 - 0.05))
+
+
+def test_least_confidence_and_margin_are_one_ranking_for_sigmoid_boxes():
+    """For a sigmoid head's two-state [s, 1 - s] both are 1 - |2s - 1|, so one benchmark run
+    of either stands for both (README's strategy table)."""
+    s = torch.linspace(0, 1, 101)
+    q = two_state(s)
+    assert torch.allclose(least_confidence(q), 1 - (2 * s - 1).abs(), atol=1e-6)
+    assert torch.allclose(margin(q), least_confidence(q), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["entropy", "least_confidence", "margin"])

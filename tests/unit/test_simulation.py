@@ -11,7 +11,7 @@ import yaml
 
 from al_core import cli
 from al_core.annotation_cost import CostModel
-from al_core.cooperation import pseudo_labels
+from al_core.cooperation import oracle_edits, pseudo_labels
 from al_core.datasets import DigitCanvasConfig, generate_digit_canvases, read_dataset, write_digit_canvases
 from al_core.display import GRID, Display
 from al_core.simulation import (
@@ -278,18 +278,24 @@ def test_the_oracle_ranks_by_the_models_true_errors_and_keeps_ties_in_order():
 
 
 def test_box_level_review_and_self_labeling_trust_only_a_measured_or_chosen_certain_threshold():
-    uncalibrated = Display(threshold=0.3, certain=0.7)  # the fixed default, never measured
-    assert uncalibrated.trusted(False).certainty().certain == 1.0  # nothing certain
+    unmeasured = Display(threshold=0.3)
+    assert unmeasured.certainty().certain == 1.0  # nothing certain until measured or set
     calibrated = Display(threshold=0.3, certain=0.7, calibrated=True)
-    assert calibrated.trusted(False) == calibrated
-    assert uncalibrated.trusted(True) == uncalibrated  # a project's or strategy's own thresholds
+    base = SimulationConfig(out_dir="unused", dataset={}, strategies=[]).base_display()
+    assert base.certain == 1.0
+    chosen = StrategySpec("random", cooperation={"certain": 0.7}).fixed_display(base)
+    assert chosen.certain == 0.7  # a strategy's own threshold
+    assert StrategySpec("random", cooperation={"uncertain": 0.2}).fixed_display(base).certain == 1.0
     boxes = torch.tensor([[0.0, 0, 20, 20], [50, 50, 70, 70]])
     left = {  # a: every shown box certain, saturated; b: one uncertain box
         "a": Detections(boxes, torch.tensor([0, 1]), torch.tensor([1.0, 1.0]), (100, 100)),
         "b": Detections(boxes, torch.tensor([0, 1]), torch.tensor([0.9, 0.5]), (100, 100)),
     }
     assert [p.path for p in pseudo_labels(left, calibrated.certainty(), 5)] == ["a"]
-    assert pseudo_labels(left, uncalibrated.trusted(False).certainty(), 5) == []
+    assert pseudo_labels(left, unmeasured.certainty(), 5) == []
+    # A saturated score is not certain when nothing is: box-level review keeps it for people.
+    edits, _ = oracle_edits(left["a"], LabeledImage("a", boxes, torch.tensor([0, 1])), unmeasured.certainty(), True)
+    assert edits.checked == 2
 
 
 def test_seconds_summary_hand_computed():
