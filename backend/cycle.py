@@ -25,7 +25,6 @@ from al_core.detectors.loss_head import attach_loss_head
 from al_core.display import Display
 from al_core.images import load_rgb
 from al_core.scoring import SCORERS
-from al_core.scoring.uncertainty import UncertaintyScorer
 from al_core.tensorboard_log import log_pool
 from al_core.training import TrainConfig
 from al_core.types import Certainty, Detections, LabeledImage, ModelVersion, ScoredTask
@@ -484,10 +483,8 @@ def push(services: CycleServices, project: LabelStudioProject, predictions, vers
 
 
 def scorer_params(strategy: str, settings: Settings, aggregation: str) -> dict:
-    """The AL_* settings an uncertainty scorer takes (aggregation, boxes, classes), those its
-    signature names; other scorers take none."""
-    if not issubclass(SCORERS[strategy], UncertaintyScorer):
-        return {}
+    """The AL_* settings a scorer takes (aggregation, boxes, classes): those its signature names,
+    so uncertainty scorers and PPAL's uncertainty_diversity rank by the same box set."""
     offered = {"aggregation": aggregation, "boxes": settings.boxes, "classes": settings.al_classes}
     taken = inspect.signature(SCORERS[strategy]).parameters
     return {name: value for name, value in offered.items() if name in taken}

@@ -264,11 +264,14 @@ class Settings(BaseSettings):
     al_strategy: str = Field(
         default="entropy", description=("Scorer that ranks unlabeled tasks after each run (see the strategies table).")
     )
-    al_aggregation: str = Field(default="mean", description=("Box -> image aggregation for uncertainty scorers."))
+    al_aggregation: str = Field(
+        default="mean", description=("Box -> image aggregation for uncertainty scorers and uncertainty_diversity.")
+    )
     al_boxes: str = Field(
         default="shown",
         description=(
-            "Boxes an uncertainty scorer aggregates: all (candidates above the detector's low threshold), shown "
+            "Boxes an uncertainty scorer (and uncertainty_diversity) uses: all (candidates above the detector's low "
+            "threshold), shown "
             "(what people see; the default matrix's best at equal seconds), or a number k (the k highest scoring)."
         ),
     )

@@ -126,9 +126,10 @@ def test_open_on_purpose_is_allowed_and_logged(tmp_path, untrained_detector, cap
     assert any("without authentication" in record.getMessage() for record in caplog.records)
 
 
-def test_uncertainty_scorers_take_the_al_settings_their_signature_names():
+def test_scorers_take_the_al_settings_their_signature_names():
     settings = Settings.load({"AL_CLASSES": "all", "AL_BOXES": "3"})
     assert scorer_params("entropy", settings, "max") == {"aggregation": "max", "boxes": 3, "classes": "all"}
     assert scorer_params("tta_disagreement", settings, "mean") == {"aggregation": "mean", "boxes": 3}
     assert scorer_params("random", settings, "mean") == {}
+    assert scorer_params("uncertainty_diversity", settings, "mean") == {"aggregation": "mean", "boxes": 3}
     create_scorer("tta_disagreement", **scorer_params("tta_disagreement", settings, "mean"))  # takes them all
