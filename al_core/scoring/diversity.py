@@ -171,8 +171,10 @@ class UncertaintyDiversityScorer(Scorer):
     normalized = value / 2.
 
     ``boxes`` is the uncertainty scorer's box set (see ``UncertaintyScorer``), and the distances
-    use the same boxes: "all" candidates above 0.05 (PPAL's), or the "shown" ones, so neither the
-    ranking nor the diversity counts boxes a person never sees."""
+    use the same boxes: "all" candidates above 0.05 (PPAL's), or the "shown" ones (or the top k),
+    so neither the ranking nor the diversity counts boxes a person never sees. Measured with a
+    fitted model, "shown" with the mean ties the default and PPAL's own choice buys crowded
+    images (BENCHMARKS.md, "PPAL's uncertainty-then-diversity ...")."""
 
     name = "uncertainty_diversity"
     needs = frozenset({"trained_head", "class_probs", "box_features"})
