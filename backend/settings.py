@@ -271,8 +271,8 @@ class Settings(BaseSettings):
         default="shown",
         description=(
             "Boxes an uncertainty scorer (and uncertainty_diversity) uses: all (candidates above the detector's low "
-            "threshold), shown "
-            "(what people see; the default matrix's best at equal seconds), or a number k (the k highest scoring)."
+            "threshold), shown (what people see; the default matrix's best at equal seconds), or a number k (the k "
+            "highest scoring)."
         ),
     )
     al_classes: Literal["top", "all"] = Field(
