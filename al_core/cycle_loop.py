@@ -235,10 +235,10 @@ def _score(detector: Detector, paths: list[str], plan: CyclePlan, context: Scori
 
 
 def _prioritized(detector, scored: ScoredPool, samples, kept, plan: CyclePlan, display: Display) -> list[ImageScore]:
-    """The scores in the priority rule's order (al_core.priority): per expected second, near
-    copies of a chosen or labeled image last."""
+    """The scores in the priority rule's order (al_core.priority): per expected second, drawn,
+    near copies of a chosen or labeled image last."""
     rule = plan.priority
-    if not (rule.cost_aware or rule.near_duplicates):
+    if not rule.reorders:
         return scored.scores
     seconds = [display.expected_seconds(kept[p], plan.cost) for p in scored.keys] if rule.cost_aware else None
     features = seen = None

@@ -1,25 +1,34 @@
 """The order people label in, from the scorers' informativeness: per expected second of a
-person's time, and with near copies of a higher-ranked image pushed to the end.
+person's time, sampled rather than sorted, and with near copies of a higher-ranked image pushed
+to the end.
 
 - Cost-aware ranking: informativeness over the expected seconds of labeling the image
   (``Display.expected_seconds``: the model's own boxes above the calibrated threshold, checked
   or deleted, and the hidden candidates likely to be objects, drawn). Filling a cycle's budget
   down this order is the greedy knapsack by value/cost ratio (return on investment, Settles,
   Craven & Friedland, "Active learning with real annotation costs", NIPS workshop 2008).
+- Power sampling (stochastic batch acquisition, Kirsch et al., "Stochastic Batch Acquisition:
+  A Simple Baseline for Deep Active Learning", TMLR 2023): the order is a draw without
+  replacement with chance proportional to the score (their power acquisition at its default
+  beta = 1), by the Gumbel-top-k trick: sort by log(score) + Gumbel noise. A batch sorted by
+  score takes the top of a noisy estimate and many near-equal images together; a draw keeps
+  most of the top and spreads the rest.
 - Near-duplicate suppression: an image closer (in image features) to an image ranked above it,
   or to a labeled one, than half the median distance between a pool image and its nearest
   neighbour adds little that its twin does not: it goes to the end of the order. The threshold
   comes from the pool's own distances, whatever the data.
 
-Both rewrite the scores (``normalized`` stays in [0, 1] and follows the new order; the
+All three rewrite the scores (``normalized`` stays in [0, 1] and follows the new order; the
 scorer's number stays in ``parts["informativeness"]``), so pushing, CSV exports and budgets
 downstream need no change.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +43,15 @@ NEAREST_SAMPLE = 2000  # pool images whose nearest-neighbour distance estimates 
 class PriorityRule:
     cost_aware: bool = False  # rank by informativeness per expected second
     near_duplicates: bool = False  # push near copies of a higher-ranked image to the end
+    sampling: Literal["top", "power"] = "top"  # sort by score, or draw in proportion to it
+
+    def __post_init__(self):
+        if self.sampling not in ("top", "power"):
+            raise ValueError(f"unknown sampling {self.sampling!r}; choose top or power")
+
+    @property
+    def reorders(self) -> bool:
+        return self.cost_aware or self.near_duplicates or self.sampling != "top"
 
 
 def per_second(scores: Sequence[ImageScore], seconds: Sequence[float]) -> list[ImageScore]:
@@ -48,6 +66,22 @@ def per_second(scores: Sequence[ImageScore], seconds: Sequence[float]) -> list[I
             parts={**s.parts, "informativeness": s.normalized, "expected_seconds": t},
         )
         for s, r, t in zip(scores, ratios, seconds, strict=True)
+    ]
+
+
+def power_sample(keys: Sequence[str], scores: Sequence[ImageScore], seed: int) -> list[ImageScore]:
+    """The scores reordered by one draw of power acquisition (beta = 1): ``normalized`` becomes
+    the image's place in the draw (1 first, 0 for images with nothing to draw on), the score
+    drawn on stays in ``parts["informativeness"]``. The noise follows the keys, not their order."""
+    generator = torch.Generator().manual_seed(seed)
+    uniform = torch.rand(len(keys), generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    noise_of = dict(zip(sorted(keys), (-torch.log(-torch.log(uniform))).tolist(), strict=True))
+    drawn = [i for i, s in enumerate(scores) if s.normalized > 0]
+    drawn.sort(key=lambda i: -(math.log(scores[i].normalized) + noise_of[keys[i]]))
+    place = {i: 1.0 - rank / len(drawn) for rank, i in enumerate(drawn)}
+    return [
+        replace(s, normalized=place.get(i, 0.0), parts={**s.parts, "informativeness": s.normalized})
+        for i, s in enumerate(scores)
     ]
 
 
@@ -116,6 +150,8 @@ def prioritize(
         if seconds is None:
             raise ValueError("cost-aware ranking needs each image's expected seconds")
         scores = per_second(scores, seconds)
+    if rule.sampling == "power":
+        scores = power_sample(keys, scores, seed)
     if rule.near_duplicates:
         if features is None:
             raise ValueError("near-duplicate suppression needs each image's features")

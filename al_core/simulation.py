@@ -52,7 +52,8 @@ class StrategySpec:
     # "uncertain" fix the box thresholds (otherwise each cycle's calibration chooses them).
     cooperation: dict = field(default_factory=dict)
     # al_core.priority's rule: {"cost_aware": true} ranks per expected second, and
-    # {"near_duplicates": true} pushes near copies of a chosen or labeled image to the end.
+    # {"near_duplicates": true} pushes near copies of a chosen or labeled image to the end,
+    # {"sampling": "power"} draws the order in proportion to the score.
     priority: dict = field(default_factory=dict)
     # A diagnostic, not a strategy a service can run: rank by the model's true errors on each
     # image (ORACLE_RANKINGS), the scorer's ranking breaking ties. "": the scorer ranks.

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -240,6 +241,7 @@ def _plan(c: _Cycle) -> CyclePlan:
         precision_target=settings.certain_precision_target,
         priority=settings.priority,
         budget=settings.al_budget,
+        seed=zlib.crc32(job.id.encode()),  # a fresh draw each job (AL_SAMPLING=power)
         execution=execution,
         state_path=work / f"{job.id}.state",
         log_dir=work / f"{job.id}.tensorboard",

@@ -290,6 +290,13 @@ class Settings(BaseSettings):
         default=False,
         description=("Push near copies of a higher-ranked or labeled image to the end of the order."),
     )
+    al_sampling: Literal["top", "power"] = Field(
+        default="top",
+        description=(
+            "The order within a cycle: sorted by score (top), or drawn with chance in proportion to it (power; "
+            "al_core.priority)."
+        ),
+    )
     al_budget: int = Field(
         default=100, description=("Images in each cycle's selection (COCO export; diversity scorers).")
     )
@@ -358,7 +365,9 @@ class Settings(BaseSettings):
 
     @property
     def priority(self) -> PriorityRule:
-        return PriorityRule(cost_aware=self.al_cost_aware, near_duplicates=self.al_near_duplicates)
+        return PriorityRule(
+            cost_aware=self.al_cost_aware, near_duplicates=self.al_near_duplicates, sampling=self.al_sampling
+        )
 
     @property
     def display(self) -> Display:

@@ -68,14 +68,15 @@ def test_without_a_pool_nothing_is_scored_and_the_hooks_still_run(shapes, fresh)
     assert "final_pass_epochs" not in result.trained.metrics and result.order == []
 
 
-def test_fixed_thresholds_are_what_people_get_with_the_near_copy_rule_on(shapes, fresh):
+def test_fixed_thresholds_are_what_people_get_with_the_draw_and_near_copy_rules_on(shapes, fresh):
     fixed = Display(threshold=0.05, certain=0.9)
     samples = shapes["train"][:6]
     pool = [s.path for s in shapes["train"][20:24]]
-    rule = PriorityRule(near_duplicates=True)
+    rule = PriorityRule(near_duplicates=True, sampling="power")
     result = run_cycle(CycleLabels(samples, pool=pool), fresh(), plan(fixed_display=fixed, priority=rule), Recorder())
     assert result.trained.display == fixed
     assert sorted(image.path for image in result.scored) == sorted(pool)
+    assert all("informativeness" in image.score.parts for image in result.scored)  # the draw ran
 
 
 def test_calibration_needs_enough_held_out_images(shapes, fresh):

@@ -8,7 +8,7 @@ import torch
 
 from al_core.annotation_cost import CostModel
 from al_core.display import Display
-from al_core.priority import PriorityRule, near_duplicate_threshold, per_second, prioritize
+from al_core.priority import PriorityRule, near_duplicate_threshold, per_second, power_sample, prioritize
 from al_core.scoring import create_scorer
 from al_core.scoring.base import PoolImage, ScoringContext
 from al_core.selection import ranking
@@ -70,6 +70,35 @@ def test_near_copies_of_a_higher_ranked_or_labeled_image_go_last():
     # A pool without near copies keeps its order.
     spread = prioritize(keys, scores(values), PriorityRule(near_duplicates=True), None, torch.eye(30), 30)
     assert [s.normalized for s in spread] == pytest.approx(values)
+
+
+def test_power_sampling_draws_the_first_image_in_proportion_to_its_score():
+    keys, values = ["a", "b", "c", "d"], [0.6, 0.3, 0.1, 0.0]
+    firsts = [
+        max(range(4), key=lambda i: s[i].normalized)
+        for s in (power_sample(keys, scores(values), seed) for seed in range(2000))
+    ]
+    shares = [firsts.count(i) / len(firsts) for i in range(4)]
+    # 2,000 fixed draws: each share within 0.04 (over 3 standard errors) of its score's share.
+    assert shares == pytest.approx([0.6, 0.3, 0.1, 0.0], abs=0.04)
+
+
+def test_power_sampling_is_a_seeded_order_that_follows_the_keys_not_their_position():
+    keys = [f"k{i:02d}" for i in range(40)]
+    values = [(i % 7) / 7 for i in range(40)]  # six images with nothing to draw on
+    drawn = prioritize(keys, scores(values), PriorityRule(sampling="power"), seed=5)
+    order = [keys[i] for i in ranking(keys, drawn)]
+    assert sorted(s.normalized for s in drawn if s.normalized > 0) == pytest.approx([k / 34 for k in range(1, 35)])
+    assert {keys[i] for i, s in enumerate(drawn) if s.normalized == 0} == {keys[i] for i in range(0, 40, 7)}
+    assert [s.parts["informativeness"] for s in drawn] == values
+    assert order != [keys[i] for i in ranking(keys, scores(values))]  # not the sorted order
+    reversed_keys, reversed_values = keys[::-1], values[::-1]
+    again = power_sample(reversed_keys, scores(reversed_values), seed=5)
+    assert [reversed_keys[i] for i in ranking(reversed_keys, again)] == order
+    other = power_sample(keys, scores(values), seed=6)
+    assert [keys[i] for i in ranking(keys, other)] != order
+    with pytest.raises(ValueError, match="unknown sampling"):
+        PriorityRule(sampling="softmax")
 
 
 def test_the_budget_bounds_the_walk_and_missing_inputs_are_errors():

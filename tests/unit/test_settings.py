@@ -41,7 +41,10 @@ def test_bad_settings_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="AL_CLASSES"):
         Settings.load({"AL_CLASSES": "some"})
     rule = Settings.load({"AL_COST_AWARE": "true"}).priority
-    assert rule.cost_aware and not rule.near_duplicates
+    assert rule.cost_aware and not rule.near_duplicates and rule.sampling == "top"
+    assert Settings.load({"AL_SAMPLING": "power"}).priority.sampling == "power"
+    with pytest.raises(ValueError, match="AL_SAMPLING"):
+        Settings.load({"AL_SAMPLING": "softmax"})
 
 
 @pytest.mark.parametrize(
