@@ -71,8 +71,9 @@ def per_second(scores: Sequence[ImageScore], seconds: Sequence[float]) -> list[I
 
 def power_sample(keys: Sequence[str], scores: Sequence[ImageScore], seed: int) -> list[ImageScore]:
     """The scores reordered by one draw of power acquisition (beta = 1): ``normalized`` becomes
-    the image's place in the draw (1 first, 0 for images with nothing to draw on), the score
-    drawn on stays in ``parts["informativeness"]``. The noise follows the keys, not their order."""
+    the image's place in the draw (1 first, 0 for images with nothing to draw on), and
+    ``parts["informativeness"]`` keeps the scorer's number (set already if the score drawn on is
+    per second). The noise follows the keys, not their order."""
     generator = torch.Generator().manual_seed(seed)
     uniform = torch.rand(len(keys), generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
     noise_of = dict(zip(sorted(keys), (-torch.log(-torch.log(uniform))).tolist(), strict=True))
@@ -80,7 +81,7 @@ def power_sample(keys: Sequence[str], scores: Sequence[ImageScore], seed: int) -
     drawn.sort(key=lambda i: -(math.log(scores[i].normalized) + noise_of[keys[i]]))
     place = {i: 1.0 - rank / len(drawn) for rank, i in enumerate(drawn)}
     return [
-        replace(s, normalized=place.get(i, 0.0), parts={**s.parts, "informativeness": s.normalized})
+        replace(s, normalized=place.get(i, 0.0), parts={"informativeness": s.normalized, **s.parts})
         for i, s in enumerate(scores)
     ]
 

@@ -97,6 +97,12 @@ def test_power_sampling_is_a_seeded_order_that_follows_the_keys_not_their_positi
     assert [reversed_keys[i] for i in ranking(reversed_keys, again)] == order
     other = power_sample(keys, scores(values), seed=6)
     assert [keys[i] for i in ranking(keys, other)] != order
+    # Per equal second, then drawn: the same draw, and the scorer's number is kept.
+    per_second_drawn = prioritize(
+        keys, scores(values), PriorityRule(cost_aware=True, sampling="power"), [2.0] * 40, seed=5
+    )
+    assert [keys[i] for i in ranking(keys, per_second_drawn)] == order
+    assert [s.parts["informativeness"] for s in per_second_drawn] == values
     with pytest.raises(ValueError, match="unknown sampling"):
         PriorityRule(sampling="softmax")
 
