@@ -241,7 +241,7 @@ def _plan(c: _Cycle) -> CyclePlan:
         precision_target=settings.certain_precision_target,
         priority=settings.priority,
         budget=settings.al_budget,
-        seed=zlib.crc32(job.id.encode()),  # a fresh draw each job (AL_SAMPLING=power)
+        seed=zlib.crc32(job.id.encode()),  # random scores, tie-breaks and AL_SAMPLING=power: fresh each job
         execution=execution,
         state_path=work / f"{job.id}.state",
         log_dir=work / f"{job.id}.tensorboard",

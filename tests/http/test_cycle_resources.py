@@ -228,6 +228,19 @@ def test_the_cycle_trains_with_the_step_floor_and_epoch_cap_of_the_settings(tmp_
     assert Settings().train_min_steps == 300  # the service's default
 
 
+def test_each_job_draws_afresh_with_the_settings_sampling(tmp_path):
+    settings = Settings(al_sampling="power")
+
+    def plan_of(job_id):
+        job = SimpleNamespace(id=job_id, params={})
+        c = SimpleNamespace(settings=settings, job=job, strategy="entropy", run=SimpleNamespace(images=tmp_path / "i"))
+        c.thresholds = None
+        return cycle_module._plan(c)
+
+    first, again, other = plan_of("job-a"), plan_of("job-a"), plan_of("job-b")
+    assert first.priority.sampling == "power" and first.seed == again.seed != other.seed
+
+
 @pytest.mark.parametrize(
     "calibrated, project, certain_setting, expected",
     [
