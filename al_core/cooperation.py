@@ -29,7 +29,7 @@ TIGHT_IOU = 0.8  # a matched box looser than this needs its corners dragged
 def pseudo_labels(detections: Mapping[str, Detections], certainty: Certainty, max_images: int) -> list[LabeledImage]:
     """The images (keys of ``detections``) whose shown boxes are all certain, at least one,
     surest first (by their least sure box), at most ``max_images``; labeled with those boxes.
-    None when nothing is certain (``Certainty.is_certain``: at 1.0 not even a saturated score)."""
+    No image when nothing is certain (``Certainty.is_certain``: at 1.0 not even a saturated score)."""
     candidates = []
     for key, det in detections.items():
         shown = det.above(certainty.uncertain)

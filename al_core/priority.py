@@ -9,8 +9,8 @@ to the end.
   Craven & Friedland, "Active learning with real annotation costs", NIPS workshop 2008).
 - Power sampling (stochastic batch acquisition, Kirsch et al., "Stochastic Batch Acquisition:
   A Simple Baseline for Deep Active Learning", TMLR 2023): the order is a draw without
-  replacement with chance proportional to the score (their power acquisition at its default
-  beta = 1), by the Gumbel-top-k trick: sort by log(score) + Gumbel noise. A batch sorted by
+  replacement with chance proportional to the normalized score (their power acquisition at its
+  default beta = 1), by the Gumbel-top-k trick: sort by log(score) + Gumbel noise. A batch sorted by
   score takes the top of a noisy estimate and many near-equal images together; a draw keeps
   most of the top and spreads the rest.
 - Near-duplicate suppression: an image closer (in image features) to an image ranked above it,
