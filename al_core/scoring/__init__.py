@@ -5,6 +5,7 @@ Each scorer's docstring cites its method and gives its formula.
 
 from . import (  # noqa: F401
     consistency,
+    density,
     diversity,
     hierarchical,
     influence,

@@ -1,0 +1,71 @@
+"""Information density: doubt weighted by how typical of the pool an image is."""
+
+import pytest
+import torch
+
+from al_core.scoring import create_scorer
+from al_core.scoring.base import PoolImage, ScoringContext
+from al_core.scoring.density import mean_similarity
+from al_core.selection import ranking
+from al_core.types import Detections
+
+
+def image(feature, probs):
+    return Detections(
+        boxes=torch.tensor([[10.0, 10.0, 40.0, 40.0]] * len(probs)).reshape(-1, 4),
+        labels=torch.zeros(len(probs), dtype=torch.long),
+        scores=torch.tensor([max(p) for p in probs], dtype=torch.float32),
+        image_size=(100, 100),
+        class_probs=torch.tensor(probs, dtype=torch.float32).reshape(-1, 2),
+        probs_kind="softmax",
+        image_features=torch.as_tensor(feature, dtype=torch.float32),
+    )
+
+
+def run(scorer, features, probs):
+    batch = [PoolImage(str(i), None, image(f, p)) for i, (f, p) in enumerate(zip(features, probs, strict=True))]
+    context = ScoringContext()
+    # Two batches: the density is the whole pool's, not one batch's.
+    scores = scorer.score_batch(batch[:3], context) + scorer.score_batch(batch[3:], context)
+    scores = scorer.finish(scores, context)
+    return scores, ranking([b.key for b in batch], scores)
+
+
+def test_mean_similarity_is_highest_in_the_crowd_and_lowest_for_the_opposite_point():
+    crowd = torch.tensor([[1.0, 0.1], [1.0, -0.1], [1.0, 0.0], [0.9, 0.05]])
+    values = mean_similarity(torch.cat([crowd, torch.tensor([[-1.0, 0.0]])]))
+    assert values.min() >= 0 and values.max() <= 1
+    assert int(values.argmin()) == 4 and values[4] < 0.3
+    assert (values[:4] > 0.6).all()
+    # Scale does not matter (cosine), and a lone point is as typical as can be.
+    assert torch.allclose(mean_similarity(crowd * 7), mean_similarity(crowd), atol=1e-6)
+    assert mean_similarity(crowd[:1]).tolist() == [1.0]
+
+
+def test_an_uncertain_outlier_ranks_below_an_as_uncertain_image_of_the_crowd():
+    """Images 0 and 4 are equally in doubt (0.5/0.5); 4 points away from the rest of the pool,
+    so 0 ranks first. Without the weight (beta 0) the order is entropy's own."""
+    features = [[1.0, 0.0], [1.0, 0.1], [1.0, -0.1], [0.9, 0.0], [-1.0, 0.2]]
+    probs = [[[0.5, 0.5]], [[0.9, 0.1]], [[0.95, 0.05]], [[0.8, 0.2]], [[0.5, 0.5]]]
+    entropy = {"aggregation": "mean", "boxes": "all"}
+    scores, order = run(create_scorer("information_density", within_params=entropy), features, probs)
+    assert order[0] == 0 and order.index(4) > order.index(3)
+    assert scores[0].scorer == "information_density"
+    assert scores[0].parts["doubt"] == pytest.approx(scores[4].parts["doubt"])
+    assert scores[4].parts["density"] < scores[0].parts["density"]
+    assert scores[0].value == pytest.approx(scores[0].parts["doubt"] * scores[0].parts["density"])
+    assert all(0 <= s.normalized <= 1 for s in scores)
+
+    plain, plain_order = run(create_scorer("entropy", **entropy), features, probs)
+    flat, flat_order = run(create_scorer("information_density", within_params=entropy, beta=0.0), features, probs)
+    assert flat_order == plain_order
+    assert [s.value for s in flat] == pytest.approx([s.value for s in plain])
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(ValueError, match="beta"):
+        create_scorer("information_density", beta=-1)
+    with pytest.raises(ValueError, match="its own"):
+        create_scorer("information_density", within="information_density")
+    with pytest.raises(ValueError, match="unknown scorer"):
+        create_scorer("information_density", within="nope")
