@@ -486,10 +486,15 @@ def push(services: CycleServices, project: LabelStudioProject, predictions, vers
 
 def scorer_params(strategy: str, settings: Settings, aggregation: str) -> dict:
     """The AL_* settings a scorer takes (aggregation, boxes, classes): those its signature names,
-    so uncertainty scorers and PPAL's uncertainty_diversity rank by the same box set."""
+    so uncertainty scorers and PPAL's uncertainty_diversity rank by the same box set. A scorer
+    that weighs another's score by default (information density's entropy) passes them on."""
     offered = {"aggregation": aggregation, "boxes": settings.boxes, "classes": settings.al_classes}
     taken = inspect.signature(SCORERS[strategy]).parameters
-    return {name: value for name, value in offered.items() if name in taken}
+    params = {name: value for name, value in offered.items() if name in taken}
+    within = taken.get("within")
+    if within is not None and within.default in SCORERS:
+        params["within_params"] = scorer_params(within.default, settings, aggregation)
+    return params
 
 
 def _export(c: _Cycle, version: str, result: CycleResult, scored: list[ScoredTask]) -> None:

@@ -135,4 +135,9 @@ def test_scorers_take_the_al_settings_their_signature_names():
     assert scorer_params("tta_disagreement", settings, "mean") == {"aggregation": "mean", "boxes": 3}
     assert scorer_params("random", settings, "mean") == {}
     assert scorer_params("uncertainty_diversity", settings, "mean") == {"aggregation": "mean", "boxes": 3}
+    # Information density weighs entropy's score, which takes the settings; TypiClust has no default inner scorer.
+    inner = {"aggregation": "max", "boxes": 3, "classes": "all"}
+    assert scorer_params("information_density", settings, "max") == {"within_params": inner}
+    assert scorer_params("typiclust", settings, "max") == {}
+    create_scorer("information_density", **scorer_params("information_density", settings, "max"))
     create_scorer("tta_disagreement", **scorer_params("tta_disagreement", settings, "mean"))  # takes them all
