@@ -7,19 +7,7 @@ from al_core.scoring import create_scorer
 from al_core.scoring.base import PoolImage, ScoringContext
 from al_core.scoring.density import mean_similarity
 from al_core.selection import ranking
-from al_core.types import Detections
-
-
-def image(feature, probs):
-    return Detections(
-        boxes=torch.tensor([[10.0, 10.0, 40.0, 40.0]] * len(probs)).reshape(-1, 4),
-        labels=torch.zeros(len(probs), dtype=torch.long),
-        scores=torch.tensor([max(p) for p in probs], dtype=torch.float32),
-        image_size=(100, 100),
-        class_probs=torch.tensor(probs, dtype=torch.float32).reshape(-1, 2),
-        probs_kind="softmax",
-        image_features=torch.as_tensor(feature, dtype=torch.float32),
-    )
+from tests.unit.test_typicality import image  # one box per probability row, the given features
 
 
 def run(scorer, features, probs):
