@@ -18,9 +18,11 @@ def mean_similarity(features: torch.Tensor) -> torch.Tensor:
     point gets 1."""
     if len(features) < 2:
         return torch.ones(len(features))
-    unit = F.normalize(features.float(), dim=-1)
-    similarity = (1 + unit @ unit.T) / 2
-    return ((similarity.sum(dim=1) - similarity.diagonal()) / (len(features) - 1)).clamp(0, 1)
+    unit = F.normalize(features.double(), dim=-1)
+    # The sum of cosines to the others is u_i . (sum of all u) - u_i . u_i: memory grows with
+    # the pool, not with its square.
+    to_others = unit @ unit.sum(dim=0) - (unit * unit).sum(dim=1)
+    return ((1 + to_others / (len(features) - 1)) / 2).clamp(0, 1).float()
 
 
 @register

@@ -28,6 +28,11 @@ def test_mean_similarity_is_highest_in_the_crowd_and_lowest_for_the_opposite_poi
     # Scale does not matter (cosine), and a lone point is as typical as can be.
     assert torch.allclose(mean_similarity(crowd * 7), mean_similarity(crowd), atol=1e-6)
     assert mean_similarity(crowd[:1]).tolist() == [1.0]
+    # The same as the mean over every pair, without the N x N matrix.
+    points = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    unit = torch.nn.functional.normalize(points, dim=-1)
+    pairs = (1 + unit @ unit.T) / 2
+    assert torch.allclose(mean_similarity(points), (pairs.sum(1) - pairs.diagonal()) / 39, atol=1e-5)
 
 
 def test_an_uncertain_outlier_ranks_below_an_as_uncertain_image_of_the_crowd():
