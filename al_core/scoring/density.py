@@ -14,8 +14,8 @@ from .base import PoolImage, Scorer, ScoringContext, create_scorer, register
 
 def mean_similarity(features: torch.Tensor) -> torch.Tensor:
     """(N,) each point's mean similarity to the other points, in [0, 1]: the cosine mapped by
-    (1 + cos) / 2, since pooled detector features can point in opposite directions; a lone
-    point gets 1."""
+    (1 + cos) / 2, since pooled detector features can point in opposite directions (flatter
+    than the paper's plain cosine: 0.5 where it is 0); a lone point gets 1."""
     if len(features) < 2:
         return torch.ones(len(features))
     unit = F.normalize(features.double(), dim=-1)
